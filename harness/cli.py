@@ -1,0 +1,106 @@
+"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``table DIR``.
+
+Bad input (unknown method or dataset, an invalid config value, a missing dataset root, a
+malformed suite, a corrupt record or checkpoint) prints one line naming the file and the
+field and exits with status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from harness import __version__
+from harness.errors import DDBenchError
+
+EXIT_USAGE = 2
+DEFAULT_OUT = Path("results/runs")
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from harness.data import list_datasets
+    from harness.registry import list_methods
+
+    print("methods:")
+    for name, doc in list_methods().items():
+        print(f"  {name:14s} {doc}")
+    print("datasets:")
+    for name, doc in list_datasets().items():
+        print(f"  {name:14s} {doc}")
+    suites_dir = Path(args.suites)
+    print(f"suites ({suites_dir}):")
+    for path in sorted(suites_dir.glob("*.toml")):
+        print(f"  {path}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.runner import run_suite
+    from harness.suite import load_suite
+
+    suite = load_suite(args.suite)
+    methods = suite.select_methods([m for m in args.methods.split(",") if m]) if args.methods else None
+    records = run_suite(suite, Path(args.out), methods=methods, progress=not args.quiet)
+    print(f"{len(records)} records under {args.out}")
+    if args.table:
+        _print_table(Path(args.out) / suite.name, "github")
+    return 0
+
+
+def _print_table(root: Path, fmt: str) -> None:
+    from harness.records import iter_records
+    from harness.tables import render
+
+    records = [record for _, record in iter_records(root)]
+    if not records:
+        raise DDBenchError("no run records found", file=str(root))
+    print(render(records, fmt))
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise DDBenchError("not a directory", file=str(root))
+    _print_table(root, args.format)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddbench", description="Benchmark harness for dataset distillation.")
+    parser.add_argument("--version", action="version", version=f"ddbench {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every cell")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="registered methods, datasets and suites")
+    p.add_argument("--suites", default="suites", help="folder of suite files (default: suites)")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run a suite")
+    p.add_argument("suite", help="suite TOML file")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default: {DEFAULT_OUT})")
+    p.add_argument("--methods", help="comma-separated method labels of the suite to run (default: all)")
+    p.add_argument("--table", action="store_true", help="print the suite's comparison table when done")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("table", help="render a comparison table from run records")
+    p.add_argument("dir", help="folder of run records (searched recursively)")
+    p.add_argument("--format", choices=("github", "latex", "csv"), default="github")
+    p.set_defaults(func=_cmd_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except DDBenchError as err:
+        print(f"ddbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Peak memory of a region of code.
+
+On CUDA: ``torch.cuda.max_memory_allocated`` after a reset (``memory_kind =
+"cuda_max_allocated"``: tensors only, not the caching allocator's reserve). On CPU there is
+no allocator counter, so a thread samples the process's resident set size every
+``interval`` seconds (``"cpu_peak_rss"``: the whole process, data and libraries included;
+peaks shorter than the interval can be missed).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+import torch
+
+
+class PeakMemory:
+    def __init__(self, device: torch.device, interval: float = 0.002):
+        self.device = torch.device(device)
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def kind(self) -> str:
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            process = psutil.Process()
+            self.peak_bytes = process.memory_info().rss
+
+            def sample() -> None:
+                while not self._stop.wait(self.interval):
+                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_bytes = max(self.peak_bytes, psutil.Process().memory_info().rss)

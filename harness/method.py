@@ -1,0 +1,192 @@
+"""What a distillation method is, to the harness.
+
+The runner drives every method the same way::
+
+    method = create_method(name, **config)
+    method.setup(task)                     # a DistillTask: data, ipc, seed, model, budget
+    for step in range(start, method.outer_steps(task)):
+        metrics = method.step(step)        # one outer step
+    distilled = method.distilled()         # a DistilledSet, evaluated and saved
+
+and checkpoints ``method.state_dict()`` along the way (restored with ``load_state_dict``).
+Outer step ``step`` draws all its randomness from ``step_seed(task.seed, step)``, so a run
+resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pydantic import BaseModel
+
+from harness.data import DatasetSplits
+from harness.models import ModelConfig, create_model
+
+
+# Independent random streams of one run, so that e.g. the network init of outer step t does
+# not depend on how many numbers the mini-batch schedule of step t drew.
+STREAM_STEP, STREAM_NET_INIT, STREAM_SYN_INIT, STREAM_EVAL = 0, 1, 2, 3
+
+
+def step_seed(seed: int, step: int, stream: int = STREAM_STEP) -> int:
+    """A well-mixed 63-bit seed for (run seed, outer step, stream); all arguments >= 0."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class DistillTask:
+    """One cell of a suite: distil ``data`` to ``ipc`` images per class with ``seed``."""
+
+    data: DatasetSplits  # on ``device``, in ``dtype``
+    ipc: int
+    seed: int
+    model: ModelConfig
+    outer_steps: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.data.image_shape
+
+    def new_model(self) -> nn.Module:
+        return create_model(self.model, self.image_shape, self.num_classes).to(self.device, self.dtype)
+
+    def real_per_class(self, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ipc`` random real training images of every class, class-major."""
+        train_y = self.data.train_y.cpu()
+        rows = []
+        for c in range(self.num_classes):
+            members = (train_y == c).nonzero().flatten()
+            if len(members) < ipc:
+                raise ValueError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
+            rows.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+        idx = torch.cat(rows).to(self.data.train_x.device)
+        return self.data.train_x[idx], self.data.train_y[idx]
+
+
+@dataclass
+class DistilledSet:
+    """A distilled set, class-major: rows ``[c * ipc, (c + 1) * ipc)`` belong to class c.
+
+    ``labels`` are int64 classes or float soft labels; ``blocks`` (optional) gives the block
+    of every row for sets grown block by block (Boost-DD); ``lr`` a learned inner lr.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    ipc: int
+    lr: float | None = None
+    blocks: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.shape[0] != self.num_classes * self.ipc:
+            raise ValueError(f"{self.images.shape[0]} images is not {self.num_classes} classes x ipc {self.ipc}")
+
+    @property
+    def hard_labels(self) -> torch.Tensor:
+        """The class of every row (its position in the class-major layout)."""
+        return torch.arange(self.num_classes, device=self.images.device).repeat_interleave(self.ipc)
+
+    def select(self, per_class: torch.Tensor | list[int]) -> "DistilledSet":
+        """The subset made of the same positions ``per_class`` (indices into [0, ipc)) in every class."""
+        per_class = torch.as_tensor(per_class, dtype=torch.int64)
+        if per_class.numel() == 0 or per_class.min() < 0 or per_class.max() >= self.ipc:
+            raise ValueError(f"positions must lie in [0, {self.ipc}), got {per_class.tolist()}")
+        rows = (torch.arange(self.num_classes)[:, None] * self.ipc + per_class[None, :]).flatten()
+        rows = rows.to(self.images.device)
+        return replace(
+            self,
+            images=self.images[rows],
+            labels=self.labels[rows],
+            ipc=len(per_class),
+            blocks=None if self.blocks is None else self.blocks[rows],
+            meta={**self.meta, "subset_of_ipc": self.ipc, "subset_positions": per_class.tolist()},
+        )
+
+    def to(self, device, dtype=None) -> "DistilledSet":
+        labels = self.labels.to(device) if not self.labels.is_floating_point() else self.labels.to(device, dtype)
+        return replace(self, images=self.images.to(device, dtype), labels=labels)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename), so a crash never leaves a partial file."""
+        payload = {
+            "images": self.images.detach().cpu(),
+            "labels": self.labels.detach().cpu(),
+            "num_classes": self.num_classes,
+            "ipc": self.ipc,
+            "lr": self.lr,
+            "blocks": None if self.blocks is None else self.blocks.cpu(),
+            "meta": self.meta,
+        }
+        atomic_torch_save(payload, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DistilledSet":
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        return cls(**payload)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Method(ABC):
+    """A registered distillation method (see ``harness.registry``)."""
+
+    name: ClassVar[str]  # set by @register_method
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel):
+        self.config = config
+
+    def outer_steps(self, task: DistillTask) -> int:
+        """How many outer steps this method takes on ``task`` (0 for methods that do not optimize)."""
+        return task.outer_steps
+
+    @abstractmethod
+    def setup(self, task: DistillTask) -> None:
+        """Initialise the synthetic set and any optimizer state for ``task``."""
+
+    @abstractmethod
+    def step(self, step: int) -> dict[str, float]:
+        """One outer step; returns scalar metrics (for the progress bar and the record's history)."""
+
+    @abstractmethod
+    def distilled(self) -> DistilledSet:
+        """The current distilled set."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after the last completed step."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific results worth keeping in the run record (JSON-serialisable)."""
+        return {}

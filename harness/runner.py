@@ -1,0 +1,218 @@
+"""Running a suite: every cell distilled, evaluated and recorded, resumable at any point.
+
+For each cell (dataset, ipc, method, seed) the runner
+
+1. skips it when its record already exists (same run id = same normalized config);
+2. builds the method through the registry and calls ``setup``; if a checkpoint of this run
+   id exists, restores it and continues from its step;
+3. runs outer steps until the budget (steps, and optionally minutes) is spent, saving a
+   checkpoint every ``budget.checkpoint_minutes``; measures wall-clock and peak memory;
+4. saves the distilled set, evaluates it, and writes the JSON record, both atomically;
+   then deletes the checkpoint.
+
+Files of a cell, under the output folder: ``SUITE/DATASET/ipcK/METHOD/seedS-RUNID.json``
+(the record), ``.distilled.pt`` beside it, and ``.ckpt.pt`` while it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.data import DatasetSplits, load_dataset
+from harness.errors import CheckpointError, ConfigError
+from harness.evaluation import EvalResult, evaluate
+from harness.memory import PeakMemory
+from harness.method import DistilledSet, DistillTask, atomic_torch_save
+from harness.records import (SCHEMA_VERSION, hardware_info, now_iso, read_record, record_stem,
+                             write_json_atomic)
+from harness.registry import create_method
+from harness.suite import Cell, Suite
+
+log = logging.getLogger("ddbench")
+
+# Extra evaluations of a distilled set, each adding a section to the record: name -> function.
+# (A hook so that later analyses, e.g. subset curves, plug in without changing the runner.)
+RecordExtension = Callable[["CellContext"], dict[str, Any]]
+RECORD_EXTENSIONS: dict[str, RecordExtension] = {}
+
+
+@dataclass
+class CellContext:
+    """What a record extension may look at."""
+
+    cell: Cell
+    data: DatasetSplits
+    distilled: DistilledSet
+    eval_result: EvalResult
+    device: torch.device
+    dtype: torch.dtype
+    out_dir: Path
+    progress: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("'cuda' requested but no CUDA device is available", field="hardware.device")
+    return torch.device(name)
+
+
+def cell_paths(out_dir: Path, cell: Cell) -> dict[str, Path]:
+    stem = out_dir / record_stem(cell.suite, cell.dataset.name, cell.ipc, cell.method_label, cell.seed, cell.run_id)
+    return {"record": stem.with_suffix(".json"), "distilled": stem.with_suffix(".distilled.pt"),
+            "checkpoint": stem.with_suffix(".ckpt.pt")}
+
+
+def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, progress: bool = True) -> list[Path]:
+    """Run every cell of ``suite`` not yet recorded under ``out_dir``; returns the record paths."""
+    hw = suite.spec.hardware
+    try:
+        device = resolve_device(hw.device)
+    except ConfigError as err:
+        raise err.located(file=str(suite.path)) from None
+    dtype = getattr(torch, hw.dtype)
+    if hw.threads:
+        torch.set_num_threads(hw.threads)
+    datasets: dict[str, DatasetSplits] = {}
+    written = []
+    for cell in suite.cells(methods):
+        paths = cell_paths(out_dir, cell)
+        if paths["record"].exists():
+            read_record(paths["record"])  # a corrupt record is an error, not a silent skip
+            log.info("skip %s (record exists)", paths["record"])
+            written.append(paths["record"])
+            continue
+        if cell.dataset.name not in datasets:
+            datasets[cell.dataset.name] = load_dataset(cell.dataset).to(device, dtype)
+        run_cell(cell, datasets[cell.dataset.name], device, dtype, out_dir, progress)
+        written.append(paths["record"])
+    return written
+
+
+def _load_checkpoint(path: Path, run_id: str) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"corrupt checkpoint ({err.__class__.__name__}); delete it to start the cell over",
+                              file=str(path)) from None
+    if not isinstance(ckpt, dict) or "run_id" not in ckpt or "method_state" not in ckpt:
+        raise CheckpointError("not a ddbench checkpoint; delete it to start the cell over", file=str(path))
+    if ckpt["run_id"] != run_id:
+        raise CheckpointError(f"checkpoint belongs to run {ckpt['run_id']}, not {run_id}", file=str(path),
+                              field="run_id")
+    return ckpt
+
+
+def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype, out_dir: Path,
+             progress: bool = True) -> dict[str, Any]:
+    """Distil, evaluate and record one cell (resuming from its checkpoint if there is one)."""
+    paths = cell_paths(out_dir, cell)
+    task = DistillTask(data=data, ipc=cell.ipc, seed=cell.seed, model=cell.model,
+                       outer_steps=cell.budget.outer_steps, device=device, dtype=dtype)
+    method = create_method(cell.method, **cell.method_config.model_dump())
+    method.setup(task)
+    total_steps = method.outer_steps(task)
+
+    start, elapsed, peak, step_times, history, started_at = 0, 0.0, 0, [], [], now_iso()
+    if paths["checkpoint"].exists():
+        ckpt = _load_checkpoint(paths["checkpoint"], cell.run_id)
+        method.load_state_dict(ckpt["method_state"])
+        start, elapsed, peak = ckpt["step"], ckpt["elapsed_s"], ckpt["peak_memory_bytes"]
+        step_times, history, started_at = ckpt["step_times"], ckpt["history"], ckpt["started_at"]
+        log.info("resume %s at step %d", paths["checkpoint"], start)
+
+    def save_checkpoint(step: int) -> None:
+        atomic_torch_save({"run_id": cell.run_id, "step": step, "method_state": method.state_dict(),
+                           "elapsed_s": elapsed, "peak_memory_bytes": peak, "step_times": step_times,
+                           "history": history, "started_at": started_at}, paths["checkpoint"])
+
+    limit_s = cell.budget.minutes * 60 if cell.budget.minutes else None
+    stopped_by = "outer_steps"
+    step = start
+    last_ckpt = time.perf_counter()
+    desc = f"{cell.dataset.name} ipc{cell.ipc} {cell.method_label} s{cell.seed}"
+    with PeakMemory(device) as meter:
+        bar = tqdm(range(start, total_steps), desc=desc, leave=False, disable=not progress, initial=start,
+                   total=total_steps)
+        for step in bar:
+            if limit_s is not None and elapsed >= limit_s:
+                stopped_by = "minutes"
+                break
+            t0 = time.perf_counter()
+            metrics = method.step(step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            elapsed += dt
+            step_times.append(dt)
+            if step % max(1, total_steps // 100) == 0 or step == total_steps - 1:
+                history.append({"step": step, **metrics})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("outer_loss", "outer_acc")})
+            if time.perf_counter() - last_ckpt > cell.checkpoint_minutes * 60:
+                peak = max(peak, meter.peak_bytes)
+                save_checkpoint(step + 1)
+                last_ckpt = time.perf_counter()
+        else:
+            step = total_steps
+    peak = max(peak, meter.peak_bytes)
+    steps_done = step if stopped_by == "minutes" else total_steps
+
+    distilled = method.distilled()
+    distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name})
+    distilled.save(paths["distilled"])
+    result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype,
+                      progress=progress, desc=f"{desc} eval")
+    ctx = CellContext(cell, data, distilled, result, device, dtype, out_dir, progress)
+    extensions = {name: fn(ctx) for name, fn in RECORD_EXTENSIONS.items()}
+
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": cell.run_id,
+        "suite": cell.suite,
+        "dataset": cell.dataset.name,
+        "dataset_config": cell.dataset.model_dump(mode="json"),
+        "preprocessing": data.preprocessing,
+        "ipc": cell.ipc,
+        "method": cell.method_label,
+        "method_name": cell.method,
+        "method_config": cell.method_config.model_dump(mode="json"),
+        "seed": cell.seed,
+        "model": cell.model.model_dump(mode="json"),
+        "budget": cell.budget.model_dump(mode="json"),
+        "eval": {
+            "protocol": cell.eval.model_dump(mode="json"),
+            "accuracy_mean": result.accuracy_mean,
+            "accuracy_std": result.accuracy_std,
+            "accuracy_per_model": result.accuracy_per_model,
+        },
+        "distill": {
+            "outer_steps": steps_done,
+            "stopped_by": stopped_by,
+            "wall_clock_s": elapsed,
+            "seconds_per_outer_step": elapsed / steps_done if steps_done else 0.0,
+            "median_seconds_per_outer_step": statistics.median(step_times) if step_times else 0.0,
+            "peak_memory_bytes": int(peak),
+            "memory_kind": meter.kind,
+            "history": history,
+            "method_summary": method.summary(),
+        },
+        **extensions,
+        "distilled_file": paths["distilled"].name,
+        "hardware": {**hardware_info(device), "dtype": str(dtype).removeprefix("torch.")},
+        "started_at": started_at,
+        "finished_at": now_iso(),
+        "status": "ok",
+    }
+    write_json_atomic(paths["record"], record)
+    paths["checkpoint"].unlink(missing_ok=True)
+    log.info("%s: %.2f%% +- %.2f", desc, 100 * result.accuracy_mean, 100 * result.accuracy_std)
+    return record

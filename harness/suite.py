@@ -1,0 +1,277 @@
+"""Suite files: which datasets, IPCs, methods and seeds to run, on what hardware, for how long.
+
+A suite is a TOML file (see ``suites/smoke.toml`` for a commented example)::
+
+    [suite]        name, description
+    [grid]         datasets, ipcs, seeds
+    [hardware]     device ("cpu" | "cuda" | "auto"), dtype, threads
+    [budget]       outer_steps, minutes (per cell), checkpoint_minutes; [budget.by_ipc.10] overrides
+    [model]        the network distilled with (harness.models.ModelConfig)
+    [eval]         the evaluation protocol (harness.evaluation.EvalProtocol)
+    [data.NAME]    options of dataset NAME (harness.data.DataConfig, without ``name``)
+    [method_defaults]  settings given to every method whose config has that field (e.g. the
+                   inner optimizer, the real batch); a method's own table overrides them
+    [methods.LABEL]  a method's config; ``method = "registry name"`` (default: LABEL);
+                     ``[methods.LABEL.by_ipc.10]`` overrides for IPC 10
+
+The whole file is validated when it is loaded, every method config for every IPC included,
+and the dataset roots are checked, so a mistake stops the run before anything is written.
+Errors name the file and the dotted field: ``suites/x.toml: methods.tbptt.window: ...``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.data import DataConfig, check_dataset
+from harness.errors import ConfigError, DDBenchError
+from harness.evaluation import EvalProtocol
+from harness.models import ModelConfig
+from harness.registry import config_error_from, method_class, validate_method_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RESERVED_METHOD_KEYS = ("method", "by_ipc")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SuiteInfo(_Strict):
+    name: str
+    description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+            raise ValueError(f"name must be non-empty letters, digits, '-', '_' or '.', got {name!r}")
+        return name
+
+
+class Grid(_Strict):
+    datasets: list[str] = Field(min_length=1)
+    ipcs: list[int] = Field(min_length=1)
+    seeds: list[int] = [0]
+
+    @field_validator("ipcs")
+    @classmethod
+    def _positive(cls, ipcs: list[int]) -> list[int]:
+        for ipc in ipcs:
+            if ipc <= 0:
+                raise ValueError(f"every IPC must be > 0, got {ipc}")
+        return ipcs
+
+
+class Hardware(_Strict):
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    dtype: Literal["float32", "float64"] = "float32"
+    threads: int | None = None
+
+
+class BudgetValues(_Strict):
+    outer_steps: int | None = None
+    minutes: float | None = None
+
+    @model_validator(mode="after")
+    def _positive(self):
+        if self.outer_steps is not None and self.outer_steps < 0:
+            raise ValueError(f"outer_steps must be >= 0, got {self.outer_steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError(f"minutes must be > 0, got {self.minutes}")
+        return self
+
+
+class Budget(BudgetValues):
+    outer_steps: int = 1000
+    checkpoint_minutes: float = 10.0
+    by_ipc: dict[int, BudgetValues] = {}
+
+    @model_validator(mode="after")
+    def _checkpoint_positive(self):
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
+        return self
+
+    def for_ipc(self, ipc: int) -> BudgetValues:
+        override = self.by_ipc.get(ipc, BudgetValues())
+        return BudgetValues(outer_steps=override.outer_steps if override.outer_steps is not None else self.outer_steps,
+                            minutes=override.minutes if override.minutes is not None else self.minutes)
+
+
+class SuiteFile(_Strict):
+    suite: SuiteInfo
+    grid: Grid
+    hardware: Hardware = Hardware()
+    budget: Budget = Budget()
+    model: ModelConfig = ModelConfig()
+    eval: EvalProtocol = EvalProtocol()
+    data: dict[str, dict[str, Any]] = {}
+    method_defaults: dict[str, Any] = {}
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: (dataset, ipc, method, seed) with everything that determines its result."""
+
+    suite: str
+    dataset: DataConfig
+    ipc: int
+    method_label: str
+    method: str
+    method_config: BaseModel
+    seed: int
+    model: ModelConfig
+    eval: EvalProtocol
+    budget: BudgetValues
+    hardware: Hardware
+    checkpoint_minutes: float = 10.0  # how often a long run checkpoints; not part of the run id
+
+    def normalized(self) -> dict[str, Any]:
+        """The cell's config in a canonical JSON form: hashed into the run id."""
+        return {
+            "suite": self.suite,
+            "dataset": self.dataset.model_dump(mode="json"),
+            "ipc": self.ipc,
+            "method": self.method,
+            "method_config": self.method_config.model_dump(mode="json"),
+            "seed": self.seed,
+            "model": self.model.model_dump(mode="json"),
+            "eval": self.eval.model_dump(mode="json"),
+            "budget": self.budget.model_dump(mode="json"),
+            "hardware": {"device": self.hardware.device, "dtype": self.hardware.dtype},
+        }
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    spec: SuiteFile
+    datasets: dict[str, DataConfig]
+    method_configs: dict[tuple[str, int], BaseModel]  # (label, ipc) -> validated config
+
+    @property
+    def name(self) -> str:
+        return self.spec.suite.name
+
+    def method_name(self, label: str) -> str:
+        return self.spec.methods[label].get("method", label)
+
+    def cells(self, methods: list[str] | None = None) -> list[Cell]:
+        labels = list(self.spec.methods) if methods is None else methods
+        out = []
+        for dataset in self.spec.grid.datasets:
+            for ipc in self.spec.grid.ipcs:
+                for label in labels:
+                    for seed in self.spec.grid.seeds:
+                        out.append(Cell(self.name, self.datasets[dataset], ipc, label, self.method_name(label),
+                                        self.method_configs[(label, ipc)], seed, self.spec.model, self.spec.eval,
+                                        self.spec.budget.for_ipc(ipc), self.spec.hardware,
+                                        self.spec.budget.checkpoint_minutes))
+        return out
+
+    def select_methods(self, names: list[str]) -> list[str]:
+        """Method labels named on the command line, checked against the suite."""
+        for name in names:
+            if name not in self.spec.methods:
+                method_class(name)  # an unknown registry name gets the registry's error
+                raise ConfigError(f"method {name!r} is not in this suite (it has: {', '.join(self.spec.methods)})",
+                                  file=str(self.path), field="--methods")
+        return names
+
+
+def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
+    """Read and validate a suite file; every error is a :class:`DDBenchError` naming ``path``."""
+    path = Path(path)
+    try:
+        return _load(path, check_data)
+    except DDBenchError as err:
+        raise err.located(file=str(path)) from None
+
+
+def _load(path: Path, check_data: bool) -> Suite:
+    if not path.is_file():
+        raise ConfigError("suite file not found", file=str(path))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"malformed TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("malformed TOML: not UTF-8 text") from None
+    try:
+        spec = SuiteFile(**raw)
+    except ValidationError as err:
+        raise config_error_from(err) from None
+
+    datasets = {}
+    for name in spec.grid.datasets:
+        options = dict(spec.data.get(name, {}))
+        try:
+            datasets[name] = DataConfig(name=name, **options)
+        except ValidationError as err:
+            raise config_error_from(err, prefix=f"data.{name}") from None
+        except TypeError as err:
+            raise ConfigError(str(err), field=f"data.{name}") from None
+    for name in spec.data:
+        if name not in spec.grid.datasets:
+            raise ConfigError(f"options for dataset {name!r}, which grid.datasets does not list", field=f"data.{name}")
+    if check_data:
+        for name, cfg in datasets.items():
+            try:
+                check_dataset(cfg)
+            except DDBenchError as err:
+                raise err.located(field="grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}")
+
+    method_configs = {}
+    used_defaults: set[str] = set()
+    for label, table in spec.methods.items():
+        name = table.get("method", label)
+        try:
+            fields = method_class(name).Config.model_fields
+        except DDBenchError as err:
+            raise err.located(field=f"methods.{label}" + (".method" if "method" in table else "")) from None
+        defaults = {k: v for k, v in spec.method_defaults.items() if k in fields}
+        used_defaults |= set(defaults)
+        base = _merge(defaults, {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS})
+        by_ipc = table.get("by_ipc", {})
+        for key in by_ipc:
+            if not str(key).isdigit() or int(key) not in spec.grid.ipcs:
+                raise ConfigError(f"override for IPC {key!r}, which grid.ipcs does not list",
+                                  field=f"methods.{label}.by_ipc.{key}")
+        for ipc in spec.grid.ipcs:
+            override = by_ipc.get(str(ipc), {})
+            where = f"methods.{label}" + (f".by_ipc.{ipc}" if override else "")
+            try:
+                method_configs[(label, ipc)] = validate_method_config(name, _merge(base, override))
+            except DDBenchError as err:
+                raise err.located(field=where) if err.field is None else type(err)(
+                    err.message, field=f"{where}.{err.field}") from None
+    for key in spec.method_defaults:
+        if key not in used_defaults:
+            raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
+    return Suite(path, spec, datasets, method_configs)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override``, nested tables merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,214 @@
+"""The outer loop shared by every method that differentiates through unrolled inner training.
+
+A subclass only says how many inner steps to run and how many of them to differentiate at
+each outer step (:meth:`UnrolledMethod.plan`); this class does the rest, as the official
+RaT-BPTT code does:
+
+1. a fresh inner network (new random init) and a mini-batch schedule over the synthetic set;
+2. a real batch (optionally augmented) for the outer loss;
+3. the meta-gradient from ``harness.engine.meta_gradient``;
+4. the images' meta-gradient clipped to ``clip_factor`` x an EMA of its past norms
+   (the current norm enters the EMA first);
+5. an outer Adam step on the images (and, if learned, the soft labels at
+   ``outer_lr / label_lr_scale`` and the log inner lr), labels clipped at >= 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from harness.augment import AugmentConfig, augment
+from harness.engine import FunctionalModel, MetaGradient, class_balanced_schedule, meta_gradient
+from harness.method import STREAM_NET_INIT, STREAM_SYN_INIT, DistilledSet, DistillTask, Method, step_seed
+from harness.models import reinitialize
+from harness.optim import InnerOptimizerConfig, make_inner_optimizer
+
+
+class UnrollConfig(BaseModel):
+    """Settings shared by the unrolled methods; defaults from the RaT-BPTT code (CIFAR-10, IPC 10)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inner: InnerOptimizerConfig = InnerOptimizerConfig(name="adam", lr=1e-3)
+    batch_per_class: int | None = Field(None, description="synthetic images per class per inner step; None = all")
+    classes_per_step: int | None = Field(None, description="classes drawn per inner step; None = all")
+    real_batch: int = 5000
+    outer_lr: float = 1e-3
+    outer_betas: tuple[float, float] = (0.9, 0.999)
+    outer_eps: float = 1e-8
+    clip_ema: float | None = Field(0.9, description="EMA coefficient of the meta-gradient norm; None = no clipping")
+    clip_factor: float = 2.0
+    learn_labels: bool = False
+    label_lr_scale: float = 1.0
+    learn_lr: bool = False
+    lr_outer_lr: float = 1e-3  # Adam lr of log(inner lr)
+    init: Literal["gaussian", "real"] = "gaussian"
+    init_norm: float = 1.0  # gaussian init: every image scaled to this L2 norm (the official unit sphere)
+    syn_augment: AugmentConfig = AugmentConfig()
+    real_augment: AugmentConfig = AugmentConfig()
+    engine: Literal["full", "recompute"] = "full"
+    real_chunk: int | None = None
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> "UnrollConfig":
+        positive = {"real_batch": self.real_batch, "outer_lr": self.outer_lr, "clip_factor": self.clip_factor,
+                    "label_lr_scale": self.label_lr_scale, "lr_outer_lr": self.lr_outer_lr,
+                    "init_norm": self.init_norm}
+        for name in ("batch_per_class", "classes_per_step", "real_chunk"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.clip_ema is not None and not 0 <= self.clip_ema < 1:
+            raise ValueError(f"clip_ema must be in [0, 1), got {self.clip_ema}")
+        return self
+
+
+def check_window(window: int, unroll: int, window_name: str = "window", unroll_name: str = "unroll") -> None:
+    if window < 1:
+        raise ValueError(f"{window_name} must be >= 1, got {window}")
+    if unroll < 1:
+        raise ValueError(f"{unroll_name} must be >= 1, got {unroll}")
+    if window > unroll:
+        raise ValueError(f"{window_name} ({window}) must be <= {unroll_name} ({unroll})")
+
+
+class UnrolledMethod(Method):
+    """Base class: subclasses implement :meth:`plan` (and may use the :meth:`observe` hook)."""
+
+    config: UnrollConfig
+
+    def plan(self, step: int, gen: torch.Generator) -> tuple[int, int]:
+        """``(N, M)`` for this outer step: run N inner steps, differentiate the last M."""
+        raise NotImplementedError
+
+    def observe(self, step: int, result: MetaGradient) -> dict[str, float]:
+        """Hook called with every meta-gradient before the outer update; returns extra metrics."""
+        del step, result
+        return {}
+
+    def curvature(self, step: int):
+        """Optional Hessian-vector-product approximation for the engine's reverse pass."""
+        del step
+        return None
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, task: DistillTask, initial: DistilledSet | None = None,
+              update_scale: torch.Tensor | None = None) -> None:
+        """Start from a fresh init, or from ``initial``; ``update_scale[i]`` multiplies row i's updates."""
+        cfg = self.config
+        self.task = task
+        self.model = FunctionalModel(task.new_model())
+        self.optimizer = make_inner_optimizer(cfg.inner)
+        gen = torch.Generator().manual_seed(step_seed(task.seed, 0, STREAM_SYN_INIT))
+        if initial is None:
+            images, labels = self._init_images(task, task.ipc, gen)
+        else:
+            images, labels = initial.images, initial.labels
+        self.ipc = images.shape[0] // task.num_classes
+        self.images = images.detach().clone().to(task.device, task.dtype).requires_grad_()
+        if cfg.learn_labels and not labels.is_floating_point():
+            labels = torch.nn.functional.one_hot(labels, task.num_classes)
+        self.labels = labels.detach().clone().to(task.device)
+        if cfg.learn_labels:
+            self.labels = self.labels.to(task.dtype).requires_grad_()
+        self.log_lr = torch.tensor(math.log(cfg.inner.lr), device=task.device, dtype=task.dtype)
+        self.log_lr.requires_grad_(cfg.learn_lr)
+        self.update_scale = None if update_scale is None else update_scale.to(task.device, task.dtype)
+        groups = [{"params": [self.images], "lr": cfg.outer_lr}]
+        if cfg.learn_labels:
+            groups.append({"params": [self.labels], "lr": cfg.outer_lr / cfg.label_lr_scale})
+        if cfg.learn_lr:
+            groups.append({"params": [self.log_lr], "lr": cfg.lr_outer_lr})
+        self.outer_opt = torch.optim.Adam(groups, betas=cfg.outer_betas, eps=cfg.outer_eps)
+        self.grad_norm_ema: float | None = None
+
+    def _init_images(self, task: DistillTask, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(task.num_classes).repeat_interleave(ipc)
+        if self.config.init == "real":
+            images, _ = task.real_per_class(ipc, gen)
+            return images.cpu(), labels
+        images = torch.randn(task.num_classes * ipc, *task.image_shape, generator=gen, dtype=torch.float64)
+        norms = images.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        return (images / norms * self.config.init_norm).to(task.dtype), labels
+
+    # ------------------------------------------------------------------ one outer step
+
+    def step(self, step: int) -> dict[str, float]:
+        cfg, task = self.config, self.task
+        gen = torch.Generator().manual_seed(step_seed(task.seed, step))
+        n_steps, window = self.plan(step, gen)
+        check_window(window, n_steps)
+        reinitialize(self.model.module, step_seed(task.seed, step, STREAM_NET_INIT))
+        schedule = class_balanced_schedule(
+            n_steps, task.num_classes, self.ipc, per_class=cfg.batch_per_class,
+            classes_per_step=cfg.classes_per_step, generator=gen, device=task.device,
+            augment=cfg.syn_augment, image_size=task.image_shape[-1])
+        real_x, real_y = self._real_batch(gen)
+        lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
+        result = meta_gradient(
+            self.model, self.model.parameters(), self.optimizer, lr, self.images, self.labels, schedule, window,
+            real_x, real_y, mode=cfg.engine, real_chunk=cfg.real_chunk, curvature=self.curvature(step))
+        metrics = self.observe(step, result)
+        grad_norm = self._outer_update(result, lr)
+        return {"outer_loss": float(result.outer_loss), "outer_acc": float(result.outer_accuracy),
+                "unroll": n_steps, "window": window, "grad_norm": grad_norm, **metrics}
+
+    def _real_batch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.task.data
+        n = data.train_x.shape[0]
+        idx = torch.randperm(n, generator=gen)[: min(self.config.real_batch, n)].to(data.train_x.device)
+        x = augment(data.train_x[idx], self.config.real_augment, gen)
+        return x, data.train_y[idx]
+
+    def _outer_update(self, result: MetaGradient, lr: torch.Tensor) -> float:
+        cfg = self.config
+        grad = result.images
+        norm = float(grad.norm())
+        if cfg.clip_ema is not None:
+            self.grad_norm_ema = norm if self.grad_norm_ema is None else (
+                cfg.clip_ema * self.grad_norm_ema + (1 - cfg.clip_ema) * norm)
+            max_norm = cfg.clip_factor * self.grad_norm_ema
+            if norm > max_norm:
+                grad = grad * (max_norm / (norm + 1e-6))  # the same 1e-6 as torch's clip_grad_norm_
+        self.images.grad = grad
+        if cfg.learn_labels:
+            self.labels.grad = result.labels
+        if cfg.learn_lr:
+            self.log_lr.grad = result.lr * lr.detach()  # d/dlog(lr) = lr * d/dlr
+        before = self.images.detach().clone() if self.update_scale is not None else None
+        self.outer_opt.step()
+        self.outer_opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            if before is not None:
+                scale = self.update_scale.view(-1, *([1] * (self.images.dim() - 1)))
+                self.images.copy_(before + scale * (self.images - before))
+            if cfg.learn_labels:
+                self.labels.clamp_(min=0)
+        return norm
+
+    # ------------------------------------------------------------------ results and checkpoints
+
+    def distilled(self) -> DistilledSet:
+        lr = float(self.log_lr.exp()) if self.config.learn_lr else None
+        return DistilledSet(self.images.detach().cpu(), self.labels.detach().cpu(), self.task.num_classes,
+                            self.ipc, lr=lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(),
+                "log_lr": self.log_lr.detach().cpu(), "outer_opt": self.outer_opt.state_dict(),
+                "grad_norm_ema": self.grad_norm_ema}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            self.images.copy_(state["images"])
+            self.labels.copy_(state["labels"])
+            self.log_lr.copy_(state["log_lr"])
+        self.outer_opt.load_state_dict(state["outer_opt"])
+        self.grad_norm_ema = state["grad_norm_ema"]

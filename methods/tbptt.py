@@ -1,0 +1,26 @@
+"""TBPTT: run a fixed N inner steps, differentiate only the last M."""
+
+from pydantic import model_validator
+
+from harness.registry import register_method
+from harness.unrolled import UnrollConfig, UnrolledMethod, check_window
+
+
+class TBPTTConfig(UnrollConfig):
+    unroll: int = 200  # N
+    window: int = 60  # M
+
+    @model_validator(mode="after")
+    def _check(self) -> "TBPTTConfig":
+        check_window(self.window, self.unroll)
+        return self
+
+
+@register_method("tbptt")
+class TBPTT(UnrolledMethod):
+    """Truncated BPTT: fixed N, backprop through the last M steps."""
+
+    Config = TBPTTConfig
+
+    def plan(self, step, gen):
+        return self.config.unroll, self.config.window
