@@ -176,14 +176,184 @@ def inner_step(
     return StepOutput(new_params, opt_state, loss.detach(), global_norm(grads).detach())
 
 
-def _detached_step(model, optimizer, params, opt_state, x, y, lr) -> StepOutput:
-    """A step with no graph kept: the prefix of the unroll and the recompute mode's forward."""
-    params = tuple(p.detach().requires_grad_() for p in params)
-    lr = lr.detach() if isinstance(lr, torch.Tensor) else lr
-    with torch.enable_grad():
-        out = inner_step(model, optimizer, params, opt_state, x.detach(), y.detach(), lr, create_graph=False)
-    out.params = tuple(p.detach() for p in out.params)
-    return out
+def _zeros_for_none(grads, like) -> list[torch.Tensor]:
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
+
+
+Curvature = Callable[[int, Params, Params], Params]
+
+
+class FlatLayout:
+    """Parameters and optimizer state packed into one flat vector (plus non-float leaves).
+
+    The unroll's carry is ``(flat, aux)``: ``flat`` holds every parameter and every floating
+    optimizer-state leaf (momentum, Adam moments) end to end; ``aux`` the other leaves (Adam's
+    integer step count). One tensor per carry makes a snapshot one copy and an adjoint one
+    tensor, and gives a CUDA graph a single static input.
+    """
+
+    def __init__(self, params: Params, state):
+        leaves, self.treespec = torchopt.pytree.tree_flatten(state)
+        self.n_params = len(params)
+        self.n_leaves = len(leaves)
+        self.float_leaves = [i for i, leaf in enumerate(leaves) if torch.is_floating_point(leaf)]
+        self.aux_leaves = [i for i in range(len(leaves)) if i not in self.float_leaves]
+        tensors = list(params) + [leaves[i] for i in self.float_leaves]
+        self.shapes = [t.shape for t in tensors]
+        self.sizes = [t.numel() for t in tensors]
+        dtypes = {t.dtype for t in tensors}
+        if len(dtypes) != 1:
+            raise ValueError(f"parameters and optimizer state must share one float dtype, got {sorted(map(str, dtypes))}")
+
+    def pack(self, params: Params, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        leaves = torchopt.pytree.tree_flatten(state)[0]
+        tensors = list(params) + [leaves[i] for i in self.float_leaves]
+        return torch.cat([t.reshape(-1) for t in tensors]), tuple(leaves[i] for i in self.aux_leaves)
+
+    def unpack(self, flat: torch.Tensor, aux: Sequence[torch.Tensor]) -> tuple[Params, object]:
+        """Views into ``flat`` (differentiable: gradients flow back to ``flat``)."""
+        views = [v.view(shape) for v, shape in zip(flat.split(self.sizes), self.shapes)]
+        leaves: list = [None] * self.n_leaves
+        for i, view in zip(self.float_leaves, views[self.n_params:]):
+            leaves[i] = view
+        for i, leaf in zip(self.aux_leaves, aux):
+            leaves[i] = leaf
+        return tuple(views[: self.n_params]), torchopt.pytree.tree_unflatten(self.treespec, leaves)
+
+
+Carry = tuple[torch.Tensor, tuple[torch.Tensor, ...]]
+
+
+class UnrollSteps:
+    """The step functions of one unroll, bound to this outer step's synthetic data.
+
+    The carry between steps is ``(flat, aux)`` (see :class:`FlatLayout`).
+
+    * :meth:`forward` ``(t, carry) -> (carry, loss, grad_norm)``: step t without a graph (the
+      prefix, and the forward pass of the recompute mode);
+    * :meth:`reverse` ``(t, carry_t, adj_{t+1}) -> adj_t``: step t's graph rebuilt from its
+      input carry, the adjoint of its output (params *and* optimizer state) pulled back to its
+      input, and step t's contribution to the meta-gradient added to :attr:`grads`.
+
+    Both delegate to pure tensor functions (:meth:`forward_body`, :meth:`reverse_body`) of
+    fixed-shape inputs, which ``harness.cudagraphs`` captures. The reverse step differentiates
+    with respect to the *selected* rows ``images[idx]`` (before augmentation) and scatters the
+    result with ``index_add_``: its cost is per batch, not per synthetic set.
+    """
+
+    def __init__(self, model: FunctionalModel, optimizer: GradientTransformation, images: torch.Tensor,
+                 labels: torch.Tensor, lr: torch.Tensor | float, schedule: InnerSchedule, *,
+                 curvature: Curvature | None = None, channels_last: bool = False):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.images, self.labels, self.lr = images, labels, lr
+        self.curvature = curvature
+        self.channels_last = channels_last
+        self.learn_images = images.requires_grad
+        self.learn_labels = labels.is_floating_point() and labels.requires_grad
+        self.learn_lr = isinstance(lr, torch.Tensor) and lr.requires_grad
+        self.layout: FlatLayout | None = None
+        # Meta-gradient accumulators, filled by reverse().
+        self.grads = {
+            "images": torch.zeros_like(images) if self.learn_images else None,
+            "labels": torch.zeros_like(labels) if self.learn_labels else None,
+            "lr": torch.zeros_like(lr) if self.learn_lr else None,
+        }
+
+    # -- carry
+
+    def init(self, params: Params) -> Carry:
+        params = tuple(p.detach() for p in params)
+        state = self.optimizer.init(params)
+        self.layout = FlatLayout(params, state)
+        return self.layout.pack(params, state)
+
+    def params(self, carry: Carry) -> Params:
+        return tuple(p.detach() for p in self.layout.unpack(*carry)[0])
+
+    def final_adjoint(self, adj_params: Params) -> torch.Tensor:
+        """The adjoint of the last carry: the outer loss reads the params, not the optimizer state."""
+        state_size = sum(self.layout.sizes[self.layout.n_params:])
+        return torch.cat([a.reshape(-1) for a in adj_params] + [adj_params[0].new_zeros(state_size)])
+
+    def batch(self, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.schedule.indices[t], None if self.schedule.affine is None else self.schedule.affine[t]
+
+    def network_input(self, selected: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        x = selected if theta is None else apply_affine(selected, theta)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    # -- the two steps
+
+    def forward(self, t: int, carry: Carry) -> tuple[Carry, torch.Tensor, torch.Tensor]:
+        idx, theta = self.batch(t)
+        lr = self.lr.detach() if isinstance(self.lr, torch.Tensor) else self.lr
+        flat, aux, loss, norm = self.forward_body(carry[0], carry[1], idx, theta, self.images.detach(),
+                                                  self.labels.detach(), lr)
+        return (flat, aux), loss, norm
+
+    def reverse(self, t: int, carry: Carry, adjoint: torch.Tensor) -> torch.Tensor:
+        idx, theta = self.batch(t)
+        adjoint, *data_grads = self.reverse_body(carry[0], carry[1], idx, theta, self.images.detach(),
+                                                 self.labels.detach(), self.lr, adjoint, t)
+        self._accumulate(idx, data_grads)
+        return adjoint
+
+    def forward_body(self, flat, aux, idx, theta, images, labels, lr):
+        """Step ``(flat, aux) -> (flat', aux', loss, ||grad||)`` on the batch ``idx``, no graph kept."""
+        with torch.enable_grad():
+            flat = flat.detach().requires_grad_()
+            params, state = self.layout.unpack(flat, aux)
+            x = self.network_input(images[idx], theta)
+            out = inner_step(self.model, self.optimizer, params, state, x, labels[idx], lr, create_graph=False)
+        new_flat, new_aux = self.layout.pack(out.params, out.opt_state)
+        return new_flat.detach(), new_aux, out.loss, out.grad_norm
+
+    def reverse_body(self, flat, aux, idx, theta, images, labels, lr, adjoint, t=None):
+        """The vector-Jacobian product of one step: ``adjoint`` of its output -> adjoint of its input,
+        and the gradients of this batch's data (selected images, selected labels, lr)."""
+        flat = flat.detach().requires_grad_()
+        # Leaves for the data of this step only: what the meta-gradient is taken with respect to.
+        x_sel = images[idx].requires_grad_(self.learn_images)
+        y_sel = labels[idx].requires_grad_(self.learn_labels)
+        lr = lr.detach().requires_grad_() if self.learn_lr else lr
+        data = [v for v, on in ((x_sel, self.learn_images), (y_sel, self.learn_labels), (lr, self.learn_lr)) if on]
+        with torch.enable_grad():
+            params, state = self.layout.unpack(flat, aux)
+            loss = inner_loss(self.model(params, self.network_input(x_sel, theta)), y_sel)
+            g = torch.autograd.grad(loss, params, create_graph=True)
+            # With a curvature approximation, cut the graph at g: the optimizer update's own
+            # derivatives stay exact, g's derivative in the params (the Hessian) is approximated
+            # below, and its derivative in the data (the mixed term) stays exact.
+            g_used = tuple(gi.detach().requires_grad_() for gi in g) if self.curvature is not None else g
+            updates, new_state = self.optimizer.update(g_used, state, params=params, inplace=False)
+            new_flat, _ = self.layout.pack(tuple(p + lr * u for p, u in zip(params, updates)), new_state)
+            inputs = [flat] + data + (list(g_used) if self.curvature is not None else [])
+            res = _zeros_for_none(torch.autograd.grad(new_flat, inputs, grad_outputs=adjoint, allow_unused=True),
+                                  inputs)
+            adj_flat, data_grads = res[0], res[1:1 + len(data)]
+            if self.curvature is not None:
+                adj_g = res[1 + len(data):]
+                approx = self.curvature(t, tuple(p.detach() for p in params), tuple(adj_g))
+                adj_flat = adj_flat + torch.cat([h.reshape(-1) for h in approx] + [
+                    adj_flat.new_zeros(adj_flat.numel() - sum(self.layout.sizes[: self.layout.n_params]))])
+                data_leaves = data[: int(self.learn_images) + int(self.learn_labels)]
+                if data_leaves:
+                    mixed = torch.autograd.grad(g, data_leaves, grad_outputs=adj_g, allow_unused=True)
+                    mixed = _zeros_for_none(mixed, data_leaves)
+                    data_grads = [d + m for d, m in zip(data_grads, mixed)] + data_grads[len(mixed):]
+        return (adj_flat, *data_grads)
+
+    def _accumulate(self, idx: torch.Tensor, data_grads: Sequence[torch.Tensor]) -> None:
+        grads = iter(data_grads)
+        if self.learn_images:
+            self.grads["images"].index_add_(0, idx, next(grads))
+        if self.learn_labels:
+            self.grads["labels"].index_add_(0, idx, next(grads))
+        if self.learn_lr:
+            self.grads["lr"].add_(next(grads))
+
+
+StepsFactory = Callable[..., UnrollSteps]
 
 
 # --------------------------------------------------------------------------- the outer loss
@@ -194,7 +364,8 @@ def outer_loss_and_grad(
 ) -> tuple[torch.Tensor, torch.Tensor, Params]:
     """Mean cross entropy on the real batch, its accuracy, and its gradient in ``params``.
 
-    Evaluated in chunks of ``chunk`` examples (exact: the loss is a mean of per-example terms).
+    Evaluated in chunks of ``chunk`` examples (exact: the loss is a mean of per-example terms),
+    so the real batch's activations take the memory of one chunk.
     """
     if chunk is not None and chunk < real_x.shape[0] and not model.batch_independent:
         raise ValueError("real-batch chunking is exact only for networks without batch statistics (BatchNorm)")
@@ -209,8 +380,7 @@ def outer_loss_and_grad(
             logits = model(params, real_x[start : start + chunk])
             labels = real_y[start : start + chunk]
             loss = F.cross_entropy(logits, labels, reduction="sum") / n
-            for acc, g in zip(grads, torch.autograd.grad(loss, params)):
-                acc.add_(g)
+            torch._foreach_add_(grads, torch.autograd.grad(loss, params))
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(-1) == labels).sum()
     return loss_sum, correct.to(real_x.dtype) / n, tuple(grads)
@@ -233,9 +403,6 @@ class MetaGradient:
     final_params: Params = field(repr=False)
 
 
-Curvature = Callable[[int, Params, Params], Params]
-
-
 def meta_gradient(
     model: FunctionalModel,
     init_params: Params,
@@ -251,6 +418,8 @@ def meta_gradient(
     mode: Literal["full", "recompute"] = "full",
     real_chunk: int | None = None,
     curvature: Curvature | None = None,
+    channels_last: bool = False,
+    steps_factory: StepsFactory | None = None,
 ) -> MetaGradient:
     """The meta-gradient of the real-batch loss after ``len(schedule)`` inner steps.
 
@@ -259,17 +428,21 @@ def meta_gradient(
         init_params: its initialisation (treated as a constant).
         optimizer: a torchopt transformation at learning rate 1 (see ``harness.optim``).
         lr: inner learning rate; a tensor with ``requires_grad`` gets a meta-gradient.
-        images: the synthetic images (gets a gradient if it requires grad).
+        images: the synthetic images (get a gradient if they require grad).
         labels: int64 class labels, or float soft labels (get a gradient if they require grad).
         schedule: the mini-batch (and augmentation) of every inner step; N = ``len(schedule)``.
-        window: M, the number of final steps differentiated (1 <= M <= N).
+        window: M, the number of final steps differentiated (1 <= M <= N); the first N - M
+            steps run without a graph.
         real_x, real_y: the real batch of the outer loss.
-        mode: ``"full"`` graph or ``"recompute"`` (one step's graph at a time); both exact.
-        real_chunk: evaluate the outer loss in chunks of this many real examples.
+        mode: ``"full"`` graph (memory grows with M) or ``"recompute"`` (one step's graph at a
+            time, memory flat in M); both exact.
+        real_chunk: evaluate the outer loss in chunks of this many real examples (exact).
         curvature: recompute mode only: ``curvature(t, params_t, v)`` replaces the exact
             Hessian-vector product ``H_t v`` of the inner loss at step t in the reverse pass
-            (used by AT-BPTT's low-rank approximation). The mixed derivative in the synthetic
-            data stays exact.
+            (AT-BPTT's low-rank approximation). The mixed derivative in the data stays exact.
+        channels_last: feed the network channels-last batches (a layout change; same numbers).
+        steps_factory: builds the :class:`UnrollSteps` (default: eager); ``harness.cudagraphs``
+            passes one that replays captured CUDA graphs.
     """
     n_steps = len(schedule)
     if not 1 <= window <= n_steps:
@@ -278,141 +451,59 @@ def meta_gradient(
         raise ValueError(f"mode must be 'full' or 'recompute', got {mode!r}")
     if curvature is not None and mode != "recompute":
         raise ValueError("a curvature approximation needs mode='recompute'")
-    wrt = [t for t in (images, labels, lr) if isinstance(t, torch.Tensor) and t.requires_grad]
-
-    params = tuple(p.detach() for p in init_params)
-    opt_state = optimizer.init(params)
+    steps = (steps_factory or UnrollSteps)(model, optimizer, images, labels, lr, schedule, curvature=curvature,
+                                           channels_last=channels_last)
+    carry = steps.init(init_params)
     losses, norms = [], []
+    start = n_steps - window
+    for t in range(start):
+        carry, loss, norm = steps.forward(t, carry)
+        losses.append(loss)
+        norms.append(norm)
 
-    def record(out: StepOutput) -> None:
-        losses.append(out.loss)
-        norms.append(out.grad_norm)
-
-    for t in range(n_steps - window):
-        x, y = schedule.batch(t, images, labels)
-        out = _detached_step(model, optimizer, params, opt_state, x, y, lr)
-        params, opt_state = out.params, out.opt_state
-        record(out)
-
-    if mode == "full":
-        grads, final, outer = _window_full(model, optimizer, params, opt_state, lr, images, labels, schedule,
-                                           n_steps - window, real_x, real_y, real_chunk, wrt, record)
-    else:
-        grads, final, outer = _window_recompute(model, optimizer, params, opt_state, lr, images, labels, schedule,
-                                                n_steps - window, real_x, real_y, real_chunk, wrt, record, curvature)
-
-    by_input = {id(t): g for t, g in zip(wrt, grads)}
-    pick = lambda t: by_input.get(id(t)) if isinstance(t, torch.Tensor) else None  # noqa: E731
-    return MetaGradient(
-        outer_loss=outer[0],
-        outer_accuracy=outer[1],
-        images=pick(images),
-        labels=pick(labels),
-        lr=pick(lr),
-        inner_losses=torch.stack(losses),
-        grad_norms=torch.stack(norms),
-        final_params=final,
-    )
+    window_fn = _window_full if mode == "full" else _window_recompute
+    outer, final = window_fn(steps, carry, start, real_x, real_y, real_chunk, losses, norms)
+    return MetaGradient(outer_loss=outer[0], outer_accuracy=outer[1], images=steps.grads["images"],
+                        labels=steps.grads["labels"], lr=steps.grads["lr"], inner_losses=torch.stack(losses),
+                        grad_norms=torch.stack(norms), final_params=final)
 
 
-def _zeros_for_none(grads, like) -> list[torch.Tensor]:
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
-
-
-def _window_full(model, optimizer, params, opt_state, lr, images, labels, schedule, start, real_x, real_y, chunk, wrt,
-                 record):
+def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):
+    """Keep the whole window's graph, then backpropagate the outer adjoint once."""
+    wrt = [(k, v) for k, v in (("images", steps.images), ("labels", steps.labels), ("lr", steps.lr))
+           if steps.grads[k] is not None]
+    params, opt_state = steps.layout.unpack(*carry)
     params = tuple(p.detach().requires_grad_() for p in params)
     with torch.enable_grad():
-        for t in range(start, len(schedule)):
-            x, y = schedule.batch(t, images, labels)
-            out = inner_step(model, optimizer, params, opt_state, x, y, lr, create_graph=True)
+        for t in range(start, len(steps.schedule)):
+            idx, theta = steps.batch(t)
+            x = steps.network_input(steps.images[idx], theta)
+            out = inner_step(steps.model, steps.optimizer, params, opt_state, x, steps.labels[idx], steps.lr,
+                             create_graph=True)
             params, opt_state = out.params, out.opt_state
-            record(out)
+            losses.append(out.loss)
+            norms.append(out.grad_norm)
     final = tuple(p.detach() for p in params)
-    loss, acc, adjoint = outer_loss_and_grad(model, final, real_x, real_y, chunk)
-    grads = torch.autograd.grad(params, wrt, grad_outputs=adjoint, allow_unused=True) if wrt else []
-    return _zeros_for_none(grads, wrt), final, (loss, acc)
+    loss, acc, adjoint = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
+    if wrt:
+        res = torch.autograd.grad(params, [v for _, v in wrt], grad_outputs=adjoint, allow_unused=True)
+        for (key, _), g in zip(wrt, _zeros_for_none(res, [v for _, v in wrt])):
+            steps.grads[key].add_(g)
+    return (loss, acc), final
 
 
-def _float_leaves(state) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], object], list[int]]:
-    """The optimizer state's leaves, a function rebuilding the state, and which leaves are floating."""
-    leaves, treespec = torchopt.pytree.tree_flatten(state)
-    floating = [i for i, leaf in enumerate(leaves) if torch.is_floating_point(leaf)]
-    return leaves, lambda new: torchopt.pytree.tree_unflatten(treespec, new), floating
-
-
-def _window_recompute(model, optimizer, params, opt_state, lr, images, labels, schedule, start, real_x, real_y, chunk,
-                      wrt, record, curvature):
+def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):
+    """Snapshots forward, then one step's graph at a time backward (memory flat in the window)."""
     snapshots = []
-    for t in range(start, len(schedule)):
-        snapshots.append((params, opt_state))
-        x, y = schedule.batch(t, images, labels)
-        out = _detached_step(model, optimizer, params, opt_state, x, y, lr)
-        params, opt_state = out.params, out.opt_state
-        record(out)
-    final = params
-    loss, acc, adj_params = outer_loss_and_grad(model, final, real_x, real_y, chunk)
-
-    adj_params = list(adj_params)
-    adj_state = None  # zero after the last step: nothing downstream reads the final optimizer state
-    grads = [torch.zeros_like(w) for w in wrt]
+    for t in range(start, len(steps.schedule)):
+        snapshots.append(carry)
+        carry, loss, norm = steps.forward(t, carry)
+        losses.append(loss)
+        norms.append(norm)
+    final = steps.params(carry)
+    loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
+    adjoint = steps.final_adjoint(adj_params)
     for offset in reversed(range(len(snapshots))):
-        t = start + offset
-        snap_params, snap_state = snapshots[offset]
-        adj_params, adj_state, step_grads = _reverse_step(model, optimizer, snap_params, snap_state, lr, images,
-                                                          labels, schedule, t, adj_params, adj_state, wrt, curvature)
-        for g, s in zip(grads, step_grads):
-            g.add_(s)
-        snapshots[offset] = None  # free the snapshot as soon as it is used
-    return grads, final, (loss, acc)
-
-
-def _reverse_step(model, optimizer, snap_params, snap_state, lr, images, labels, schedule, t, adj_params, adj_state,
-                  wrt, curvature):
-    """Pull the adjoints of (params_{t+1}, state_{t+1}) back through step t, rebuilt from its snapshot.
-
-    Returns the adjoints of (params_t, state_t) and this step's contribution to the gradients
-    of ``wrt``.
-    """
-    n_params = len(snap_params)
-    params = tuple(p.detach().requires_grad_() for p in snap_params)
-    leaves, rebuild, floating = _float_leaves(snap_state)
-    leaves = [leaf.detach().requires_grad_() if i in floating else leaf for i, leaf in enumerate(leaves)]
-    state_in = [leaves[i] for i in floating]
-    with torch.enable_grad():
-        x, y = schedule.batch(t, images, labels)
-        loss = inner_loss(model(params, x), y)
-        g = torch.autograd.grad(loss, params, create_graph=True)
-        if curvature is not None:
-            # Cut the graph at g: the update's own derivatives stay exact; g's dependence on
-            # the params (the Hessian) is approximated below, its dependence on the data is exact.
-            g_leaf = tuple(gi.detach().requires_grad_() for gi in g)
-            g_used = g_leaf
-        else:
-            g_used = g
-        updates, new_state = optimizer.update(g_used, rebuild(leaves), params=params, inplace=False)
-        new_params = tuple(p + lr * u for p, u in zip(params, updates))
-        new_leaves, _, new_floating = _float_leaves(new_state)
-        outputs = list(new_params) + [new_leaves[i] for i in new_floating]
-        out_adj = list(adj_params) + (list(adj_state) if adj_state is not None else
-                                      [torch.zeros_like(new_leaves[i]) for i in new_floating])
-        inputs = list(params) + state_in + list(wrt)
-        if curvature is not None:
-            inputs += list(g_leaf)
-        res = torch.autograd.grad(outputs, inputs, grad_outputs=out_adj, allow_unused=True)
-        res = _zeros_for_none(res, inputs)
-        adj_p = res[:n_params]
-        adj_s = res[n_params:n_params + len(state_in)]
-        step_grads = res[n_params + len(state_in):n_params + len(state_in) + len(wrt)]
-        if curvature is not None:
-            adj_g = res[-n_params:]
-            # g = grad_params L(params, x(images), y): its VJP with adj_g is H adj_g for the
-            # params (approximated) and the exact mixed derivative for the data.
-            approx = curvature(t, tuple(p.detach() for p in params), tuple(adj_g))
-            adj_p = [a + h for a, h in zip(adj_p, approx)]
-            data_wrt = [w for w in wrt if w is images or w is labels]
-            if data_wrt:
-                mixed = torch.autograd.grad(g, data_wrt, grad_outputs=adj_g, allow_unused=True)
-                mixed = {id(w): m for w, m in zip(data_wrt, _zeros_for_none(mixed, data_wrt))}
-                step_grads = [s + mixed[id(w)] if id(w) in mixed else s for s, w in zip(step_grads, wrt)]
-    return list(adj_p), list(adj_s), list(step_grads)
+        snapshot, snapshots[offset] = snapshots[offset], None  # free each snapshot once used
+        adjoint = steps.reverse(start + offset, snapshot, adjoint)
+    return (loss, acc), final

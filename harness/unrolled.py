@@ -16,16 +16,38 @@ RaT-BPTT code does:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.augment import AugmentConfig, augment
+from harness.cudagraphs import StepGraphs
 from harness.engine import FunctionalModel, MetaGradient, class_balanced_schedule, meta_gradient
 from harness.method import STREAM_NET_INIT, STREAM_SYN_INIT, DistilledSet, DistillTask, Method, step_seed
 from harness.models import reinitialize
 from harness.optim import InnerOptimizerConfig, make_inner_optimizer
+
+
+class EngineConfig(BaseModel):
+    """How the meta-gradient is computed: exact in every setting (see ``harness.engine``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["full", "recompute"] = Field(
+        "full", description="full: one graph through the window (memory grows with M); "
+                            "recompute: one step's graph at a time (memory flat in M)")
+    real_chunk: int | None = Field(None, description="outer loss on the real batch in chunks of this size")
+    cuda_graphs: bool = Field(True, description="recompute mode on CUDA: replay the steps as captured CUDA graphs")
+    tf32: bool = Field(False, description="CUDA: TF32 matmuls/convolutions (faster, ~1e-3 relative error)")
+    channels_last: bool = Field(False, description="feed the network channels-last batches (same numbers)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EngineConfig":
+        if self.real_chunk is not None and self.real_chunk <= 0:
+            raise ValueError(f"real_chunk must be > 0, got {self.real_chunk}")
+        return self
 
 
 class UnrollConfig(BaseModel):
@@ -50,15 +72,14 @@ class UnrollConfig(BaseModel):
     init_norm: float = 1.0  # gaussian init: every image scaled to this L2 norm (the official unit sphere)
     syn_augment: AugmentConfig = AugmentConfig()
     real_augment: AugmentConfig = AugmentConfig()
-    engine: Literal["full", "recompute"] = "full"
-    real_chunk: int | None = None
+    engine: EngineConfig = EngineConfig()
 
     @model_validator(mode="after")
     def _check_shared(self) -> "UnrollConfig":
         positive = {"real_batch": self.real_batch, "outer_lr": self.outer_lr, "clip_factor": self.clip_factor,
                     "label_lr_scale": self.label_lr_scale, "lr_outer_lr": self.lr_outer_lr,
                     "init_norm": self.init_norm}
-        for name in ("batch_per_class", "classes_per_step", "real_chunk"):
+        for name in ("batch_per_class", "classes_per_step"):
             if getattr(self, name) is not None:
                 positive[name] = getattr(self, name)
         for name, value in positive.items():
@@ -67,6 +88,17 @@ class UnrollConfig(BaseModel):
         if self.clip_ema is not None and not 0 <= self.clip_ema < 1:
             raise ValueError(f"clip_ema must be in [0, 1), got {self.clip_ema}")
         return self
+
+
+@contextmanager
+def tf32(enabled: bool):
+    """TF32 matmuls and convolutions inside the block (CUDA only; restored afterwards)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def check_window(window: int, unroll: int, window_name: str = "window", unroll_name: str = "unroll") -> None:
@@ -118,7 +150,8 @@ class UnrolledMethod(Method):
         self.labels = labels.detach().clone().to(task.device)
         if cfg.learn_labels:
             self.labels = self.labels.to(task.dtype).requires_grad_()
-        self.log_lr = torch.tensor(math.log(cfg.inner.lr), device=task.device, dtype=task.dtype)
+        lr0 = initial.lr if cfg.learn_lr and initial is not None and initial.lr is not None else cfg.inner.lr
+        self.log_lr = torch.tensor(math.log(lr0), device=task.device, dtype=task.dtype)
         self.log_lr.requires_grad_(cfg.learn_lr)
         self.update_scale = None if update_scale is None else update_scale.to(task.device, task.dtype)
         groups = [{"params": [self.images], "lr": cfg.outer_lr}]
@@ -128,6 +161,8 @@ class UnrolledMethod(Method):
             groups.append({"params": [self.log_lr], "lr": cfg.lr_outer_lr})
         self.outer_opt = torch.optim.Adam(groups, betas=cfg.outer_betas, eps=cfg.outer_eps)
         self.grad_norm_ema: float | None = None
+        # CUDA graphs pay off only where launches dominate: on a GPU. Captured once per run.
+        self.graphs = StepGraphs() if cfg.engine.cuda_graphs and task.device.type == "cuda" else None
 
     def _init_images(self, task: DistillTask, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(task.num_classes).repeat_interleave(ipc)
@@ -141,6 +176,14 @@ class UnrolledMethod(Method):
     # ------------------------------------------------------------------ one outer step
 
     def step(self, step: int) -> dict[str, float]:
+        result, info = self.meta_gradient(step)
+        metrics = self.observe(step, result)
+        grad_norm = self.apply(result)
+        return {"outer_loss": float(result.outer_loss), "outer_acc": float(result.outer_accuracy),
+                "grad_norm": grad_norm, **info, **metrics}
+
+    def meta_gradient(self, step: int) -> tuple[MetaGradient, dict[str, float]]:
+        """Outer step ``step``'s meta-gradient, from the current synthetic set (nothing is updated)."""
         cfg, task = self.config, self.task
         gen = torch.Generator().manual_seed(step_seed(task.seed, step))
         n_steps, window = self.plan(step, gen)
@@ -151,14 +194,16 @@ class UnrolledMethod(Method):
             classes_per_step=cfg.classes_per_step, generator=gen, device=task.device,
             augment=cfg.syn_augment, image_size=task.image_shape[-1])
         real_x, real_y = self._real_batch(gen)
-        lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
-        result = meta_gradient(
-            self.model, self.model.parameters(), self.optimizer, lr, self.images, self.labels, schedule, window,
-            real_x, real_y, mode=cfg.engine, real_chunk=cfg.real_chunk, curvature=self.curvature(step))
-        metrics = self.observe(step, result)
-        grad_norm = self._outer_update(result, lr)
-        return {"outer_loss": float(result.outer_loss), "outer_acc": float(result.outer_accuracy),
-                "unroll": n_steps, "window": window, "grad_norm": grad_norm, **metrics}
+        self.lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
+        curvature = self.curvature(step)
+        engine = cfg.engine
+        graphs = self.graphs if engine.mode == "recompute" and curvature is None else None
+        with tf32(engine.tf32 and task.device.type == "cuda"):
+            result = meta_gradient(
+                self.model, self.model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
+                window, real_x, real_y, mode=engine.mode, real_chunk=engine.real_chunk, curvature=curvature,
+                channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None)
+        return result, {"unroll": n_steps, "window": window}
 
     def _real_batch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         data = self.task.data
@@ -167,8 +212,9 @@ class UnrolledMethod(Method):
         x = augment(data.train_x[idx], self.config.real_augment, gen)
         return x, data.train_y[idx]
 
-    def _outer_update(self, result: MetaGradient, lr: torch.Tensor) -> float:
-        cfg = self.config
+    def apply(self, result: MetaGradient) -> float:
+        """The outer update from ``result`` (clipped, Adam); returns the images' meta-gradient norm."""
+        cfg, lr = self.config, self.lr
         grad = result.images
         norm = float(grad.norm())
         if cfg.clip_ema is not None:
@@ -183,12 +229,15 @@ class UnrolledMethod(Method):
         if cfg.learn_lr:
             self.log_lr.grad = result.lr * lr.detach()  # d/dlog(lr) = lr * d/dlr
         before = self.images.detach().clone() if self.update_scale is not None else None
+        labels_before = self.labels.detach().clone() if before is not None and cfg.learn_labels else None
         self.outer_opt.step()
         self.outer_opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             if before is not None:
                 scale = self.update_scale.view(-1, *([1] * (self.images.dim() - 1)))
                 self.images.copy_(before + scale * (self.images - before))
+            if labels_before is not None:  # a row's soft label is part of the row
+                self.labels.copy_(labels_before + self.update_scale[:, None] * (self.labels - labels_before))
             if cfg.learn_labels:
                 self.labels.clamp_(min=0)
         return norm
