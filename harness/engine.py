@@ -180,7 +180,11 @@ def _zeros_for_none(grads, like) -> list[torch.Tensor]:
     return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, like)]
 
 
-Curvature = Callable[[int, Params, Params], Params]
+HVP = Callable[[Params], Params]
+# curvature(t, params_t, v, hvp) -> an approximation of H_t v, where H_t is the Hessian of the
+# inner loss at step t in the parameters; ``hvp`` computes the exact H_t v (for building or
+# checking the approximation, e.g. by randomized SVD).
+Curvature = Callable[[int, Params, Params, HVP], Params]
 
 
 class FlatLayout:
@@ -333,7 +337,13 @@ class UnrollSteps:
             adj_flat, data_grads = res[0], res[1:1 + len(data)]
             if self.curvature is not None:
                 adj_g = res[1 + len(data):]
-                approx = self.curvature(t, tuple(p.detach() for p in params), tuple(adj_g))
+
+                def hvp(vectors: Params) -> Params:  # the exact Hessian-vector product at this step
+                    return tuple(h.detach() for h in _zeros_for_none(
+                        torch.autograd.grad(g, params, grad_outputs=vectors, retain_graph=True, allow_unused=True),
+                        params))
+
+                approx = self.curvature(t, tuple(p.detach() for p in params), tuple(adj_g), hvp)
                 adj_flat = adj_flat + torch.cat([h.reshape(-1) for h in approx] + [
                     adj_flat.new_zeros(adj_flat.numel() - sum(self.layout.sizes[: self.layout.n_params]))])
                 data_leaves = data[: int(self.learn_images) + int(self.learn_labels)]
@@ -437,7 +447,7 @@ def meta_gradient(
         mode: ``"full"`` graph (memory grows with M) or ``"recompute"`` (one step's graph at a
             time, memory flat in M); both exact.
         real_chunk: evaluate the outer loss in chunks of this many real examples (exact).
-        curvature: recompute mode only: ``curvature(t, params_t, v)`` replaces the exact
+        curvature: recompute mode only: ``curvature(t, params_t, v, hvp)`` replaces the exact
             Hessian-vector product ``H_t v`` of the inner loss at step t in the reverse pass
             (AT-BPTT's low-rank approximation). The mixed derivative in the data stays exact.
         channels_last: feed the network channels-last batches (a layout change; same numbers).
@@ -466,6 +476,19 @@ def meta_gradient(
     return MetaGradient(outer_loss=outer[0], outer_accuracy=outer[1], images=steps.grads["images"],
                         labels=steps.grads["labels"], lr=steps.grads["lr"], inner_losses=torch.stack(losses),
                         grad_norms=torch.stack(norms), final_params=final)
+
+
+def trajectory_grad_norms(model: FunctionalModel, init_params: Params, optimizer: GradientTransformation,
+                          lr: torch.Tensor | float, images: torch.Tensor, labels: torch.Tensor,
+                          schedule: InnerSchedule) -> torch.Tensor:
+    """``||grad_params L_t||`` at every step of plain inner training (no graph kept): a probe."""
+    steps = UnrollSteps(model, optimizer, images.detach(), labels.detach(),
+                        lr.detach() if isinstance(lr, torch.Tensor) else lr, schedule)
+    carry, norms = steps.init(init_params), []
+    for t in range(len(schedule)):
+        carry, _, norm = steps.forward(t, carry)
+        norms.append(norm)
+    return torch.stack(norms)
 
 
 def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):

@@ -34,6 +34,7 @@ from harness.models import ModelConfig, create_model
 # Independent random streams of one run, so that e.g. the network init of outer step t does
 # not depend on how many numbers the mini-batch schedule of step t drew.
 STREAM_STEP, STREAM_NET_INIT, STREAM_SYN_INIT, STREAM_EVAL = 0, 1, 2, 3
+STREAM_PROBE, STREAM_SKETCH = 4, 5  # AT-BPTT's gradient-norm probes and Hessian sketches
 
 
 def step_seed(seed: int, step: int, stream: int = STREAM_STEP) -> int:

@@ -22,7 +22,7 @@ SMALL = {
     "bptt": {"unroll": 5},
     "tbptt": {"unroll": 8, "window": 4},
     "rat_bptt": {"unroll": 8, "window": 4},
-    "at_bptt": {"unroll": 8, "window": 4, "window_delta": 1, "hessian_rank": 0},
+    "at_bptt": {"unroll": 8, "window": 4, "window_delta": 1, "low_rank_hessian": False},
 }
 INNER = {
     "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},

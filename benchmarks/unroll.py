@@ -1,0 +1,313 @@
+"""One-process benchmark of the meta-gradient: the official recipe against the ddbench engine.
+
+Every variant computes the same thing, the meta-gradient of one outer step (N inner Adam
+steps on the whole synthetic set, the last M differentiated, the outer loss on a real batch),
+on the same device, in this one process, one after the other:
+
+* ``higher``: the official RaT-BPTT recipe, the baseline: a ``torch.optim.Adam`` prefix of
+  N - M steps without a graph, then a ``higher.innerloop_ctx`` window of M steps, the outer
+  loss on the real batch through the whole window's graph;
+* ``full``: ddbench's engine, one graph through the window (outer loss taken first at the
+  detached final parameters, so the real batch's activations and the window's graph never
+  coexist);
+* ``recompute``: ddbench's recompute mode (one step's graph at a time) with the real batch in
+  chunks; ``recompute+graphs`` the same replaying captured CUDA graphs (CUDA only);
+* ``floor``: N plain training steps and one forward/backward of the real batch, no
+  meta-gradient: a lower bound on any exact method.
+
+For each window M it reports the median seconds per outer step and the peak memory, and the
+ratios against the baseline; ``--methods`` adds whole outer steps of registered methods
+(e.g. ``rat_bptt,at_bptt``) at the same shapes. ``--check`` first compares every variant's
+meta-gradient with the baseline's on a short unroll in float64 (same init, same data).
+
+Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA. On CPU, where there is no
+allocator counter, it is the exact peak of live tensor bytes created by one outer step
+(``harness.tensor_memory``), measured in a separate, untimed call.
+
+Usage::
+
+    python benchmarks/unroll.py                      # CIFAR-10 shapes, IPC 10, N = 200, M = 60/120/200
+    python benchmarks/unroll.py --tiny               # small shapes on CPU, under a minute
+    python benchmarks/unroll.py --json out.json --methods rat_bptt,at_bptt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tabulate import tabulate
+
+from harness.cudagraphs import StepGraphs
+from harness.engine import FunctionalModel, InnerSchedule, meta_gradient
+from harness.memory import PeakMemory
+from harness.models import ConvNet
+from harness.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.records import hardware_info
+from harness.tensor_memory import TensorMemoryMeter
+
+LR = 1e-3
+
+
+@dataclass
+class Shapes:
+    channels: int = 3
+    size: int = 32
+    classes: int = 10
+    ipc: int = 10
+    real_batch: int = 5000
+    width: int = 128
+    depth: int = 3
+    unroll: int = 200
+    windows: tuple[int, ...] = (60, 120, 200)
+    real_chunk: int = 1000
+    steps: int = 5
+
+
+TINY = Shapes(channels=3, size=16, classes=4, ipc=2, real_batch=128, width=16, depth=2, unroll=20, windows=(6, 12, 20),
+              real_chunk=32, steps=3)
+
+
+class Problem:
+    """Random tensors of the benchmark's shapes (timing does not depend on pixel values)."""
+
+    def __init__(self, shapes: Shapes, device: torch.device, dtype: torch.dtype, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        s = shapes
+        self.shapes, self.device, self.dtype = s, device, dtype
+        n = s.classes * s.ipc
+        self.images = torch.randn(n, s.channels, s.size, s.size, generator=gen, dtype=dtype).to(device)
+        self.labels = torch.arange(s.classes).repeat_interleave(s.ipc).to(device)
+        self.real_x = torch.randn(s.real_batch, s.channels, s.size, s.size, generator=gen, dtype=dtype).to(device)
+        self.real_y = torch.randint(0, s.classes, (s.real_batch,), generator=gen).to(device)
+
+    def network(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        s = self.shapes
+        return ConvNet(s.channels, s.classes, s.size, s.width, s.depth).to(self.device, self.dtype)
+
+    def schedule(self, n_steps: int) -> InnerSchedule:
+        # The whole synthetic set at every step, like the official recipe.
+        rows = torch.arange(self.images.shape[0], device=self.device)
+        return InnerSchedule(rows.expand(n_steps, -1).contiguous())
+
+
+# --------------------------------------------------------------------------- the variants
+
+
+def step_higher(p: Problem, window: int, seed: int = 0) -> torch.Tensor:
+    import higher
+
+    images = p.images.detach().requires_grad_()
+    net = p.network(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    for _ in range(p.shapes.unroll - window):
+        opt.zero_grad()
+        F.cross_entropy(net(images.detach()), p.labels).backward()
+        opt.step()
+    with higher.innerloop_ctx(net, opt, copy_initial_weights=True) as (fnet, diffopt):
+        for _ in range(window):
+            diffopt.step(F.cross_entropy(fnet(images), p.labels))
+        loss = F.cross_entropy(fnet(p.real_x), p.real_y)
+    return torch.autograd.grad(loss, images)[0]
+
+
+def _ddbench(p: Problem, window: int, seed: int, mode: str, chunk: int | None, graphs: StepGraphs | None):
+    # eps_convention="higher": the same Adam formula as higher's, so --check compares exactly.
+    optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
+    model = FunctionalModel(p.network(seed))
+    images = p.images.detach().requires_grad_()
+    result = meta_gradient(model, model.parameters(), optimizer, LR, images, p.labels, p.schedule(p.shapes.unroll),
+                           window, p.real_x, p.real_y, mode=mode, real_chunk=chunk,
+                           steps_factory=graphs.factory if graphs is not None else None)
+    return result.images
+
+
+def step_floor(p: Problem, window: int, seed: int = 0) -> None:
+    net = p.network(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=LR)
+    for _ in range(p.shapes.unroll):
+        opt.zero_grad()
+        F.cross_entropy(net(p.images), p.labels).backward()
+        opt.step()
+    F.cross_entropy(net(p.real_x), p.real_y).backward()
+
+
+def variants(device: torch.device, shapes: Shapes) -> dict:
+    out = {
+        "higher": step_higher,
+        "full": lambda p, m, seed=0: _ddbench(p, m, seed, "full", None, None),
+        "recompute": lambda p, m, seed=0: _ddbench(p, m, seed, "recompute", shapes.real_chunk, None),
+    }
+    if device.type == "cuda":
+        graphs = StepGraphs()  # captured on first use, replayed after (kept across windows: same shapes)
+        out["recompute+graphs"] = lambda p, m, seed=0: _ddbench(p, m, seed, "recompute", shapes.real_chunk, graphs)
+    out["floor"] = step_floor
+    return out
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(fn, steps: int, device: torch.device) -> dict:
+    """Median and min seconds over ``steps`` calls after one warm-up call, and the peak memory.
+
+    CUDA: the allocator's peak over the timed calls. CPU: one more call under
+    :class:`TensorMemoryMeter` (exact peak of live tensor bytes; not timed, it slows ops down).
+    """
+    fn()
+    _sync(device)
+    times = []
+    with PeakMemory(device) as meter:
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    peak = meter.peak_bytes
+    if device.type != "cuda":
+        with TensorMemoryMeter() as tensors:
+            fn()
+        peak = tensors.peak_bytes
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_bytes": int(peak)}
+
+
+def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> dict[str, float]:
+    """Relative error of every variant's meta-gradient against the baseline's (float64, short unroll)."""
+    s = Shapes(**{**asdict(shapes), "unroll": 8, "windows": (5,), "real_batch": min(shapes.real_batch, 256),
+                  "real_chunk": 100, "width": min(shapes.width, 16)})
+    p = Problem(s, device, torch.float64, seed=1)
+    table = variants(device, s)
+    want = table["higher"](p, 5, seed=3)
+    errors = {}
+    for name in names:
+        if name in ("higher", "floor"):
+            continue
+        got = table[name](p, 5, seed=3)
+        errors[name] = float((got - want).norm() / want.norm())
+    return errors
+
+
+def method_steps(names: list[str], shapes: Shapes, device: torch.device, window: int) -> list[dict]:
+    """Whole outer steps of registered methods at the benchmark's shapes (random data)."""
+    from harness.data import DatasetSplits
+    from harness.method import DistillTask
+    from harness.models import ModelConfig
+    from harness.registry import create_method
+
+    p = Problem(shapes, device, torch.float32)
+    data = DatasetSplits("random", p.real_x, p.real_y, p.real_x[:10], p.real_y[:10], shapes.classes,
+                         tuple(map(str, range(shapes.classes))), {})
+    task = DistillTask(data=data, ipc=shapes.ipc, seed=0, model=ModelConfig(width=shapes.width, depth=shapes.depth),
+                       outer_steps=shapes.steps + 1, device=device)
+    rows = []
+    for name in names:
+        cfg = {"unroll": shapes.unroll, "window": window, "real_batch": shapes.real_batch,
+               "inner": {"name": "adam", "lr": LR}, "init": "gaussian",
+               "engine": {"mode": "recompute", "real_chunk": shapes.real_chunk}}
+        if name == "at_bptt":
+            cfg["window_delta"] = max(1, window // 6)
+        method = create_method(name, **cfg)
+        method.setup(task)
+        counter = iter(range(10**6))
+        stats = measure(lambda: method.step(next(counter)), shapes.steps, device)
+        rows.append({"method": name, "window": window, **stats,
+                     "summary": {k: v for k, v in method.summary().items() if isinstance(v, (int, float, str))}})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="small shapes on the CPU (CI), under a minute")
+    ap.add_argument("--device", default=None, help="default: cuda if available (cpu with --tiny)")
+    ap.add_argument("--windows", default=None, help="comma-separated M values (default 60,120,200)")
+    ap.add_argument("--unroll", type=int, default=None, help="N (default 200)")
+    ap.add_argument("--steps", type=int, default=None, help="timed outer steps per variant (default 5)")
+    ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
+    ap.add_argument("--methods", default="", help="also time whole outer steps of these registered methods")
+    ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                    help="compare the meta-gradients with the baseline's first (default on)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args(argv)
+
+    shapes = TINY if args.tiny else Shapes()
+    if args.windows:
+        shapes.windows = tuple(int(w) for w in args.windows.split(","))
+    if args.unroll:
+        shapes.unroll = args.unroll
+    if args.steps:
+        shapes.steps = args.steps
+    device = torch.device(args.device or ("cpu" if args.tiny else "cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        # Plain fp32 for every variant: TF32 would change the numbers, and the baseline has it off.
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    table = variants(device, shapes)
+    names = args.variants.split(",") if args.variants else list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        print(f"unroll.py: error: --variants: unknown {unknown[0]!r} (known on {device.type}: {', '.join(table)})",
+              file=sys.stderr)
+        return 2
+    if any(w > shapes.unroll or w < 1 for w in shapes.windows):
+        print(f"unroll.py: error: --windows: every M must be in [1, {shapes.unroll}]", file=sys.stderr)
+        return 2
+
+    hw = hardware_info(device)
+    print(f"device: {hw['device_name']} | torch {hw['torch']} | shapes: {asdict(shapes)}", flush=True)
+    checks = gradient_check(device, names, shapes) if args.check else {}
+    for name, err in checks.items():
+        print(f"gradient check {name:18s} relative error vs higher: {err:.2e}", flush=True)
+
+    problem = Problem(shapes, device, torch.float32)
+    rows = []
+    for window in shapes.windows:
+        base = None
+        for name in names:
+            stats = measure(lambda: table[name](problem, window), shapes.steps, device)
+            base = stats if name == "higher" else base
+            row = {"variant": name, "window": window, **stats}
+            if base is not None:
+                row["speedup_vs_higher"] = base["median_s"] / stats["median_s"]
+                row["memory_fraction_of_higher"] = stats["peak_bytes"] / max(base["peak_bytes"], 1)
+            rows.append(row)
+            print(f"  M={window:4d} {name:18s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
+                  flush=True)
+    method_rows = []
+    for window in shapes.windows[:1] if args.methods else ():
+        method_rows = method_steps([m for m in args.methods.split(",") if m], shapes, device, window)
+
+    headers = ["M", "variant", "s / outer step", "peak memory (MiB)", "speedup vs higher", "memory vs higher"]
+    body = [[r["window"], r["variant"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
+             f"{r['speedup_vs_higher']:.2f}x" if "speedup_vs_higher" in r else "-",
+             f"{r['memory_fraction_of_higher']:.3f}" if "memory_fraction_of_higher" in r else "-"] for r in rows]
+    memory_kind = "cuda_max_allocated" if device.type == "cuda" else TensorMemoryMeter.kind
+    print(f"\n{hw['device_name']} ({device.type}), N = {shapes.unroll}, peak memory = {memory_kind}")
+    print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+    if method_rows:
+        print("\nwhole outer steps of registered methods (recompute mode):")
+        print(tabulate([[r["method"], r["window"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}"]
+                        for r in method_rows], headers=["method", "M", "s / outer step", "peak memory (MiB)"],
+                       tablefmt="github", disable_numparse=True))
+    if args.json:
+        payload = {"schema_version": 1, "benchmark": "unroll", "hardware": hw, "shapes": asdict(shapes),
+                   "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "methods": method_rows}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

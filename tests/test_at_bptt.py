@@ -1,0 +1,254 @@
+"""AT-BPTT: samplers, stages, adaptive window, low-rank Hessian, and reduction to RaT-BPTT."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.data import DataConfig, load_dataset
+from harness.engine import FunctionalModel, class_balanced_schedule, meta_gradient
+from harness.lowrank import randomized_eigh
+from harness.method import DistillTask
+from harness.models import ConvNet, ModelConfig
+from harness.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.registry import create_method
+from methods.at_bptt import (EARLY, LATE, MIDDLE, LowRankHessian, StageTracker, adaptive_window, position_probs,
+                             window_eta)
+
+norms_strategy = st.lists(st.floats(0, 50, allow_nan=False), min_size=2, max_size=60).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64))
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+@settings(max_examples=50, deadline=None)
+@given(norms=norms_strategy, stage=st.sampled_from([EARLY, MIDDLE, LATE]), tau=st.floats(0.05, 20))
+def test_position_probabilities_are_a_distribution_over_the_trajectory(norms, stage, tau):
+    p = position_probs(norms, stage, tau)
+    assert p.shape == norms.shape
+    assert (p >= 0).all() and math.isclose(float(p.sum()), 1.0, rel_tol=1e-9)
+    hi, lo = int(norms.argmax()), int(norms.argmin())
+    if stage == EARLY:
+        assert p[hi] >= p[lo]  # larger gradient norm, likelier start
+    elif stage == LATE:
+        assert p[hi] <= p[lo]
+    else:
+        assert torch.allclose(p, torch.full_like(p, 1 / len(p)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(norms=norms_strategy, kind=st.sampled_from(["softmax", "rank"]), tau=st.floats(0.05, 20),
+       window=st.integers(2, 60), delta_frac=st.floats(0, 0.99), unroll_extra=st.integers(0, 200))
+def test_adaptive_window_stays_inside_its_bounds(norms, kind, tau, window, delta_frac, unroll_extra):
+    delta = int(delta_frac * window)
+    unroll = window + unroll_extra
+    eta = window_eta(norms, kind, tau)
+    assert ((eta >= 0) & (eta <= 1)).all()
+    for e in eta.tolist():
+        w = adaptive_window(e, window, delta, unroll)
+        assert max(1, window - delta) <= w <= min(unroll, window + delta)
+
+
+def test_window_grows_with_the_gradient_norm_change():
+    norms = torch.tensor([5.0, 5.0, 9.0, 9.1, 4.0, 4.0])  # changes: 0, 0, 4, 0.1, 5.1, 0
+    for kind in ("softmax", "rank"):
+        eta = window_eta(norms, kind, 1.0)
+        assert eta[4] > eta[2] > eta[3] >= eta[1]
+        assert adaptive_window(float(eta[4]), 40, 10, 200) > adaptive_window(float(eta[1]), 40, 10, 200)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def tracker(**kw) -> StageTracker:
+    args = dict(switch="accuracy", total_steps=100, steps_per_epoch=2, threshold=1.5, patience=3, boundaries=(30, 60))
+    return StageTracker(**{**args, **kw})
+
+
+@settings(max_examples=50, deadline=None)
+@given(accs=st.lists(st.floats(0, 1), min_size=1, max_size=80), switch=st.sampled_from(["accuracy", "steps"]))
+def test_stage_only_moves_forward(accs, switch):
+    t = tracker(switch=switch, total_steps=len(accs))
+    stages = []
+    for step, acc in enumerate(accs):
+        t.update(step, acc)
+        stages.append(t.stage)
+    assert all(a <= b for a, b in zip(stages, stages[1:]))
+    assert stages[-1] <= LATE and len(t.switched_at) == stages[-1]
+
+
+def test_every_stage_is_reached_on_a_plateau_including_non_integer_patience():
+    # The public code switches at `counter == 0.15 * T`, which a counter never equals for
+    # T = 200 (0.15 * 200 = 30.000000000000004): patience here is a whole number, reached with >=.
+    patience = max(1, math.ceil(0.15 * 200 * 0.05))
+    t = tracker(patience=patience, steps_per_epoch=1)
+    accs = [0.1 + 0.05 * k for k in range(5)] + [0.4] * 40  # learns, then plateaus
+    seen = set()
+    for step, acc in enumerate(accs):
+        seen.add(t.stage)
+        t.update(step, acc)
+    seen.add(t.stage)
+    assert seen == {EARLY, MIDDLE, LATE}
+    assert t.switched_at[0] > 5  # not before the plateau
+
+
+def test_steady_gains_keep_the_early_stage():
+    t = tracker(steps_per_epoch=1, threshold=1.5)
+    for step in range(30):
+        t.update(step, 0.02 * step)  # +2 points per epoch
+    assert t.stage == EARLY
+
+
+def test_step_boundaries():
+    t = tracker(switch="steps", boundaries=(3, 6))
+    stages = []
+    for step in range(9):
+        stages.append(t.stage)
+        t.update(step, 0.5)
+    assert stages == [EARLY] * 3 + [MIDDLE] * 3 + [LATE] * 3
+
+
+# ----------------------------------------------------------------------------- low-rank Hessian
+
+
+def _softmax_regression_hessian(n_examples=2, dim=5, classes=3):
+    """A linear softmax model on 2 examples: its Hessian has rank <= 2 * (classes - 1) = 4 of 18."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n_examples, dim, generator=gen, dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    w0 = torch.randn(classes * (dim + 1), generator=gen, dtype=torch.float64)
+
+    def loss(w):
+        W, b = w[: classes * dim].view(classes, dim), w[classes * dim:]
+        return F.cross_entropy(x @ W.T + b, y)
+
+    return torch.func.hessian(loss)(w0)
+
+
+def test_randomized_eigh_is_exact_when_the_rank_is_covered():
+    H = _softmax_regression_hessian()
+    rank = int(torch.linalg.matrix_rank(H))
+    assert rank < H.shape[0]
+    approx = randomized_eigh(lambda V: H @ V, H.shape[0], rank, oversample=3,
+                             generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert float((approx.dense() - H).norm() / H.norm()) < 1e-10
+
+
+def test_randomized_eigh_error_decays_with_rank():
+    torch.manual_seed(0)
+    n = 40
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64)).Q
+    H = (Q * (0.7 ** torch.arange(n, dtype=torch.float64) * torch.tensor([1.0, -1.0]).repeat(n // 2))) @ Q.T
+    errors = []
+    for k in (1, 2, 4, 8, 16, 40):
+        approx = randomized_eigh(lambda V: H @ V, n, k, generator=torch.Generator().manual_seed(2),
+                                 dtype=torch.float64)
+        errors.append(float((approx.dense() - H).norm() / H.norm()))
+    assert all(b <= a * 1.0001 for a, b in zip(errors, errors[1:]))
+    assert errors[0] > 0.3 and errors[-1] < 1e-10
+
+
+def _lowrank_problem():
+    torch.manual_seed(0)
+    net = ConvNet(1, 3, 8, width=3, depth=1).double()
+    model = FunctionalModel(net)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(6, 1, 8, 8, dtype=torch.float64, generator=gen).requires_grad_()
+    labels = torch.arange(3).repeat_interleave(2)
+    real_x = torch.randn(30, 1, 8, 8, dtype=torch.float64, generator=gen)
+    real_y = torch.randint(0, 3, (30,), generator=gen)
+    schedule = class_balanced_schedule(6, 3, 2, generator=gen)
+    opt = make_inner_optimizer(InnerOptimizerConfig(name="sgd", lr=0.1, momentum=0.9))
+    args = (model, model.parameters(), opt, 0.1, images, labels, schedule, 4, real_x, real_y)
+    n_params = sum(p.numel() for p in model.parameters())
+    return args, n_params
+
+
+def meta_gradient_cosine(**cfg) -> float:
+    """Cosine between the low-rank-Hessian meta-gradient and the exact one (a reporting helper)."""
+    args, _ = _lowrank_problem()
+    exact = meta_gradient(*args, mode="recompute").images
+    from methods.at_bptt import ATBPTTConfig
+
+    hessian = LowRankHessian(ATBPTTConfig(**cfg), seed=0)
+    approx = meta_gradient(*args, mode="recompute", curvature=hessian.for_step(0)).images
+    return float(F.cosine_similarity(approx.flatten(), exact.flatten(), dim=0))
+
+
+def test_low_rank_meta_gradient_is_exact_at_full_rank_and_close_below():
+    _, n = _lowrank_problem()
+    full = meta_gradient_cosine(hessian_rank=n, hessian_oversample=0, hessian_scope="step")
+    assert full > 1 - 1e-10
+    report = {k: meta_gradient_cosine(hessian_rank=k, hessian_scope=s) for k in (2, 8, n // 2)
+              for s in ("window",)}
+    print(f"cosine to the exact meta-gradient (n = {n} params, window scope): {report}")
+    assert report[n // 2] > 0.9  # a rank-n/2 approximation keeps the direction
+    assert report[n // 2] >= report[2] - 1e-6
+
+
+def test_low_rank_hessian_keeps_the_mixed_term():
+    """With H replaced by 0 (a rank-k approximation of nothing) the data still get a gradient."""
+    args, _ = _lowrank_problem()
+    zero = meta_gradient(*args, mode="recompute", curvature=lambda t, p, v, hvp: tuple(torch.zeros_like(x) for x in v))
+    exact = meta_gradient(*args, mode="recompute")
+    assert zero.images.norm() > 0
+    assert float((zero.images - exact.images).norm() / exact.images.norm()) > 1e-3
+
+
+# ----------------------------------------------------------------------------- the method
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(name="digits"))
+
+
+def _task(data, steps=6, dtype=torch.float32):
+    return DistillTask(data=data.to("cpu", dtype), ipc=2, seed=3, model=ModelConfig(width=8, depth=1),
+                       outer_steps=steps, dtype=dtype)
+
+
+def test_with_every_switch_off_it_is_rat_bptt(digits):
+    common = dict(unroll=12, window=4, real_batch=64, engine={"mode": "recompute"})
+    at = create_method("at_bptt", **common, stages=False, adaptive_window=False, low_rank_hessian=False)
+    rat = create_method("rat_bptt", **common)
+    for method in (at, rat):
+        method.setup(_task(digits, dtype=torch.float64))
+    for step in range(3):
+        (ga, info_a), (gr, info_r) = at.meta_gradient(step), rat.meta_gradient(step)
+        assert info_a == info_r
+        assert torch.equal(ga.images, gr.images)
+        at.apply(ga)
+        rat.apply(gr)
+
+
+def test_method_reaches_every_stage_and_resumes_exactly(digits):
+    cfg = dict(unroll=12, window=4, window_delta=2, real_batch=64, steps_per_epoch=1, gain_threshold=100.0,
+               patience_fraction=0.2, hessian_rank=3, hessian_refresh=2)
+    method = create_method("at_bptt", **cfg)
+    method.setup(_task(digits, steps=10))
+    stages, windows = [], []
+    for step in range(10):
+        metrics = method.step(step)
+        stages.append(metrics["stage"])
+        windows.append(metrics["window"])
+        assert 1 <= metrics["window"] <= metrics["unroll"] <= 12
+        if step == 5:
+            saved = method.state_dict()
+    assert stages[0] == EARLY and set(stages) == {EARLY, MIDDLE, LATE}
+    assert all(a <= b for a, b in zip(stages, stages[1:]))
+    assert set(windows) <= set(range(2, 7))
+    summary = method.summary()
+    assert summary["final_stage"] == "late" and summary["hessian_builds"] >= 1
+    # Resume from step 6 and take the same steps.
+    resumed = create_method("at_bptt", **cfg)
+    resumed.setup(_task(digits, steps=10))
+    resumed.load_state_dict(saved)
+    replay = [resumed.step(step)["window"] for step in range(6, 10)]
+    assert replay == windows[6:]
