@@ -2,7 +2,8 @@
 
 Bad input (unknown method or dataset, an invalid config value, a missing dataset root, a
 malformed suite, a corrupt record or checkpoint) prints one line naming the file and the
-field and exits with status 2, before anything is written.
+field and exits with status 2, before anything is written. Ctrl-C exits with status 130 and
+one line; running the same command again resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from harness import __version__
 from harness.errors import DDBenchError
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 DEFAULT_OUT = Path("results/runs")
 
 
@@ -41,7 +43,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from harness.suite import load_suite
 
     suite = load_suite(args.suite)
-    methods = suite.select_methods([m for m in args.methods.split(",") if m]) if args.methods else None
+    methods = None if args.methods is None else suite.select_methods([m.strip() for m in args.methods.split(",")
+                                                                      if m.strip()])
     records = run_suite(suite, Path(args.out), methods=methods, progress=not args.quiet)
     print(f"{len(records)} records under {args.out}")
     if args.table:
@@ -100,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     except DDBenchError as err:
         print(f"ddbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        # The runner checkpoints as it goes; a traceback would only hide that.
+        print("ddbench: interrupted; run the same command again to resume from the last checkpoint",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ class DDBenchError(Exception):
         """The same error with the file and/or field filled in where still unknown."""
         return type(self)(self.message, file=self.file or file, field=self.field or field)
 
+    def at(self, field: str | None) -> "DDBenchError":
+        """The same error with its field replaced by ``field`` (the file is kept)."""
+        return type(self)(self.message, file=self.file, field=field)
+
+    def within(self, prefix: str) -> "DDBenchError":
+        """The same error with its field nested under ``prefix`` (``prefix.field``, or ``prefix``)."""
+        return self.at(".".join(p for p in (prefix, self.field) if p))
+
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.field) if p]
         return ": ".join([*parts, " ".join(self.message.split())])

@@ -66,10 +66,14 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``obj`` as JSON to ``path`` atomically; NaN and infinities are refused (``ValueError``)
+    before any file or folder is created."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; a record gets the mode any new file would (umask).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text + "\n")
             f.flush()
@@ -80,29 +84,89 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Nested fields a record must have, and what tables and analyses read from them.
+REQUIRED_NESTED = {
+    "eval": ("protocol", "accuracy_mean", "accuracy_std", "accuracy_per_model"),
+    "distill": ("outer_steps", "wall_clock_s", "seconds_per_outer_step", "peak_memory_bytes", "memory_kind"),
+    "hardware": ("device_name", "torch", "torchopt", "python", "cpu_count"),
+}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def read_record(path: Path) -> dict[str, Any]:
     """A record, checked for the required fields; a bad file raises :class:`CheckpointError` naming it."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"unreadable run record ({err.__class__.__name__}: {err})", file=str(path)) from None
+    return check_record(record, path)
+
+
+def check_record(record: Any, path: Path | str) -> dict[str, Any]:
+    """``record`` if it has every field a run record must have, else a :class:`CheckpointError`."""
+    def bad(message: str, field: str | None = None) -> CheckpointError:
+        return CheckpointError(message, file=str(path), field=field)
+
     if not isinstance(record, dict):
-        raise CheckpointError("a run record must be a JSON object", file=str(path))
+        raise bad("a run record must be a JSON object")
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
-        raise CheckpointError("run record lacks required fields", file=str(path), field=missing[0])
-    if record["schema_version"] > SCHEMA_VERSION:
-        raise CheckpointError(f"record schema {record['schema_version']} is newer than this ddbench "
-                              f"({SCHEMA_VERSION})", file=str(path), field="schema_version")
+        raise bad("run record lacks a required field", missing[0])
+    version = record["schema_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise bad(f"must be a positive integer, got {version!r}", "schema_version")
+    if version > SCHEMA_VERSION:
+        raise bad(f"record schema {version} is newer than this ddbench ({SCHEMA_VERSION})", "schema_version")
+    for section, keys in REQUIRED_NESTED.items():
+        if not isinstance(record[section], dict):
+            raise bad("must be a JSON object", section)
+        for key in keys:
+            if key not in record[section]:
+                raise bad("run record lacks a required field", f"{section}.{key}")
+    for key in ("dataset", "method", "run_id", "suite"):
+        if not isinstance(record[key], str):
+            raise bad(f"must be a string, got {record[key]!r}", key)
+    for key in ("ipc", "seed"):
+        if not isinstance(record[key], int) or isinstance(record[key], bool):
+            raise bad(f"must be an integer, got {record[key]!r}", key)
+    accs = record["eval"]["accuracy_per_model"]
+    if not isinstance(accs, list) or not accs or not all(_is_number(a) and 0 <= a <= 1 for a in accs):
+        raise bad("must be a non-empty list of accuracies in [0, 1]", "eval.accuracy_per_model")
+    for key in ("accuracy_mean", "accuracy_std"):
+        if not _is_number(record["eval"][key]):
+            raise bad("must be a number", f"eval.{key}")
+    for key in ("outer_steps", "wall_clock_s", "seconds_per_outer_step", "peak_memory_bytes"):
+        if not _is_number(record["distill"][key]):
+            raise bad("must be a number", f"distill.{key}")
     return record
 
 
 def iter_records(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every run record below ``root`` (files ``*.json`` holding a ``schema_version``), sorted by path."""
+    """Every run record below ``root`` (files ``*.json`` holding a ``schema_version``), sorted by path.
+
+    Other JSON objects (a tool's own files) are skipped; a file that is not JSON at all, or a
+    record with a missing or malformed field, raises :class:`CheckpointError` naming it.
+    """
     for path in sorted(root.rglob("*.json")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():
             continue
-        yield path, read_record(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"unreadable run record ({err.__class__.__name__}: {err})",
+                                  file=str(path)) from None
+        if isinstance(data, dict) and "schema_version" not in data:
+            continue
+        yield path, check_record(data, path)
 
 
 def record_stem(suite: str, dataset: str, ipc: int, method: str, seed: int, run_id: str) -> str:

@@ -17,6 +17,7 @@ Files of a cell, under the output folder: ``SUITE/DATASET/ipcK/METHOD/seedS-RUNI
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data import DatasetSplits, load_dataset
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, DDBenchError
 from harness.evaluation import EvalResult, evaluate
 from harness.memory import PeakMemory
+from harness.models import create_model
 from harness.method import DistilledSet, DistillTask, atomic_torch_save
 from harness.records import (SCHEMA_VERSION, hardware_info, now_iso, read_record, record_stem,
                              write_json_atomic)
@@ -66,6 +68,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinite floats replaced by None: a diverged loss in the history must
+    not make the record unwritable (records refuse NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def cell_paths(out_dir: Path, cell: Cell) -> dict[str, Path]:
     stem = out_dir / record_stem(cell.suite, cell.dataset.name, cell.ipc, cell.method_label, cell.seed, cell.run_id)
     return {"record": stem.with_suffix(".json"), "distilled": stem.with_suffix(".distilled.pt"),
@@ -73,29 +87,84 @@ def cell_paths(out_dir: Path, cell: Cell) -> dict[str, Path]:
 
 
 def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, progress: bool = True) -> list[Path]:
-    """Run every cell of ``suite`` not yet recorded under ``out_dir``; returns the record paths."""
+    """Run every cell of ``suite`` not yet recorded under ``out_dir``; returns the record paths.
+
+    Everything that can be checked before the first cell runs is checked first (existing
+    records and checkpoints, the datasets, every pending method's setup), so that a mistake
+    stops the run before anything is written.
+    """
     hw = suite.spec.hardware
     try:
         device = resolve_device(hw.device)
     except ConfigError as err:
         raise err.located(file=str(suite.path)) from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("the output folder is a file", file=str(out_dir), field="--out")
     dtype = getattr(torch, hw.dtype)
     if hw.threads:
         torch.set_num_threads(hw.threads)
-    datasets: dict[str, DatasetSplits] = {}
-    written = []
+
+    written, pending = [], []
     for cell in suite.cells(methods):
         paths = cell_paths(out_dir, cell)
         if paths["record"].exists():
-            read_record(paths["record"])  # a corrupt record is an error, not a silent skip
+            record = read_record(paths["record"])  # a corrupt record is an error, not a silent skip
+            if record["run_id"] != cell.run_id:
+                raise CheckpointError(f"record belongs to run {record['run_id']}, not {cell.run_id}",
+                                      file=str(paths["record"]), field="run_id")
             log.info("skip %s (record exists)", paths["record"])
-            written.append(paths["record"])
-            continue
-        if cell.dataset.name not in datasets:
-            datasets[cell.dataset.name] = load_dataset(cell.dataset).to(device, dtype)
-        run_cell(cell, datasets[cell.dataset.name], device, dtype, out_dir, progress)
+        else:
+            if paths["checkpoint"].exists():
+                _load_checkpoint(paths["checkpoint"], cell.run_id)  # refuse a bad one before any work
+            pending.append(cell)
         written.append(paths["record"])
+
+    datasets: dict[str, DatasetSplits] = {}
+    for cell in pending:
+        name = cell.dataset.name
+        if name not in datasets:
+            try:
+                datasets[name] = load_dataset(cell.dataset).to(device, dtype)
+            except DDBenchError as err:
+                field = "grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}"
+                raise err.at(field).located(file=str(suite.path)) from None
+        _check_cell(suite, cell, datasets[name], device, dtype)
+    for cell in pending:
+        run_cell(cell, datasets[cell.dataset.name], device, dtype, out_dir, progress)
     return written
+
+
+def _task(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype) -> DistillTask:
+    return DistillTask(data=data, ipc=cell.ipc, seed=cell.seed, model=cell.model,
+                       outer_steps=cell.budget.outer_steps, device=device, dtype=dtype)
+
+
+def _check_cell(suite: Suite, cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype) -> None:
+    """Build the cell's networks and set its method up once, so that a config that cannot run on
+    this dataset (a ConvNet too deep for the image size, more images per class than the data
+    has) is reported before any cell writes a file."""
+    where = f"{cell.dataset.name} IPC {cell.ipc}"
+    if cell.eval.model is not None:
+        try:
+            create_model(cell.eval.model, data.image_shape, data.num_classes)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}", file=str(suite.path), field="eval.model") from None
+    try:
+        create_model(cell.model, data.image_shape, data.num_classes)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}", file=str(suite.path), field="model") from None
+    label = f"methods.{cell.method_label}"
+    try:
+        create_method(cell.method, **cell.method_config.model_dump()).setup(_task(cell, data, device, dtype))
+    except DDBenchError as err:  # a method's own config check that needs the task (its field named)
+        raise ConfigError(f"{where}: {err.message}", file=str(suite.path),
+                          field=f"{label}.{err.field}" if err.field else label) from None
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}", file=str(suite.path), field=label) from None
+
+
+CHECKPOINT_KEYS = ("run_id", "step", "method_state", "elapsed_s", "peak_memory_bytes", "step_times", "history",
+                   "started_at")
 
 
 def _load_checkpoint(path: Path, run_id: str) -> dict[str, Any]:
@@ -104,7 +173,7 @@ def _load_checkpoint(path: Path, run_id: str) -> dict[str, Any]:
     except Exception as err:  # torch raises many types for a damaged file
         raise CheckpointError(f"corrupt checkpoint ({err.__class__.__name__}); delete it to start the cell over",
                               file=str(path)) from None
-    if not isinstance(ckpt, dict) or "run_id" not in ckpt or "method_state" not in ckpt:
+    if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError("not a ddbench checkpoint; delete it to start the cell over", file=str(path))
     if ckpt["run_id"] != run_id:
         raise CheckpointError(f"checkpoint belongs to run {ckpt['run_id']}, not {run_id}", file=str(path),
@@ -116,8 +185,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
              progress: bool = True) -> dict[str, Any]:
     """Distil, evaluate and record one cell (resuming from its checkpoint if there is one)."""
     paths = cell_paths(out_dir, cell)
-    task = DistillTask(data=data, ipc=cell.ipc, seed=cell.seed, model=cell.model,
-                       outer_steps=cell.budget.outer_steps, device=device, dtype=dtype)
+    task = _task(cell, data, device, dtype)
     method = create_method(cell.method, **cell.method_config.model_dump())
     method.setup(task)
     total_steps = method.outer_steps(task)
@@ -143,36 +211,40 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
     with PeakMemory(device) as meter:
         bar = tqdm(range(start, total_steps), desc=desc, leave=False, disable=not progress, initial=start,
                    total=total_steps)
-        for step in bar:
-            if limit_s is not None and elapsed >= limit_s:
-                stopped_by = "minutes"
-                break
-            t0 = time.perf_counter()
-            metrics = method.step(step)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            elapsed += dt
-            step_times.append(dt)
-            if step % max(1, total_steps // 100) == 0 or step == total_steps - 1:
-                history.append({"step": step, **metrics})
-            bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("outer_loss", "outer_acc")})
-            if time.perf_counter() - last_ckpt > cell.checkpoint_minutes * 60:
-                peak = max(peak, meter.peak_bytes)
-                save_checkpoint(step + 1)
-                last_ckpt = time.perf_counter()
-        else:
-            step = total_steps
+        try:
+            for step in bar:
+                if limit_s is not None and elapsed >= limit_s:
+                    stopped_by = "minutes"
+                    break
+                t0 = time.perf_counter()
+                metrics = method.step(step)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                elapsed += dt
+                step_times.append(dt)
+                if step % max(1, total_steps // 100) == 0 or step == total_steps - 1:
+                    history.append(_json_safe({"step": step, **metrics}))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("outer_loss", "outer_acc")})
+                if time.perf_counter() - last_ckpt > cell.checkpoint_minutes * 60:
+                    peak = max(peak, meter.peak_bytes)
+                    save_checkpoint(step + 1)
+                    last_ckpt = time.perf_counter()
+            else:
+                step = total_steps
+        finally:
+            bar.close()
     peak = max(peak, meter.peak_bytes)
     steps_done = step if stopped_by == "minutes" else total_steps
 
     distilled = method.distilled()
     distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name})
-    distilled.save(paths["distilled"])
     result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype,
                       progress=progress, desc=f"{desc} eval")
+    # Saved once evaluated: an evaluation that fails leaves no distilled set without a record.
+    distilled.save(paths["distilled"])
     ctx = CellContext(cell, data, distilled, result, device, dtype, out_dir, progress)
-    extensions = {name: fn(ctx) for name, fn in RECORD_EXTENSIONS.items()}
+    extensions = {name: _json_safe(fn(ctx)) for name, fn in RECORD_EXTENSIONS.items()}
 
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -203,7 +275,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
             "peak_memory_bytes": int(peak),
             "memory_kind": meter.kind,
             "history": history,
-            "method_summary": method.summary(),
+            "method_summary": _json_safe(method.summary()),
         },
         **extensions,
         "distilled_file": paths["distilled"].name,

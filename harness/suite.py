@@ -31,7 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.data import DataConfig, check_dataset
-from harness.errors import ConfigError, DDBenchError
+from harness.errors import ConfigError, DDBenchError, UnknownNameError
 from harness.evaluation import EvalProtocol
 from harness.models import ModelConfig
 from harness.registry import config_error_from, method_class, validate_method_config
@@ -42,6 +42,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 RESERVED_METHOD_KEYS = ("method", "by_ipc")
+
+
+def _is_slug(name: str) -> bool:
+    return bool(name) and all(ch.isalnum() or ch in "-_." for ch in name) and name not in (".", "..")
 
 
 class _Strict(BaseModel):
@@ -55,7 +59,7 @@ class SuiteInfo(_Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, name: str) -> str:
-        if not name or not all(ch.isalnum() or ch in "-_." for ch in name):
+        if not _is_slug(name):  # the suite's name is a folder of the output
             raise ValueError(f"name must be non-empty letters, digits, '-', '_' or '.', got {name!r}")
         return name
 
@@ -63,7 +67,15 @@ class SuiteInfo(_Strict):
 class Grid(_Strict):
     datasets: list[str] = Field(min_length=1)
     ipcs: list[int] = Field(min_length=1)
-    seeds: list[int] = [0]
+    seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("datasets", "ipcs", "seeds")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        dup = next((v for i, v in enumerate(values) if v in values[:i]), None)
+        if dup is not None:
+            raise ValueError(f"{dup!r} is listed twice")
+        return values
 
     @field_validator("ipcs")
     @classmethod
@@ -73,11 +85,20 @@ class Grid(_Strict):
                 raise ValueError(f"every IPC must be > 0, got {ipc}")
         return ipcs
 
+    @field_validator("seeds")
+    @classmethod
+    def _non_negative(cls, seeds: list[int]) -> list[int]:
+        # step_seed feeds seeds to numpy's SeedSequence, which takes non-negative integers only.
+        for seed in seeds:
+            if seed < 0:
+                raise ValueError(f"every seed must be >= 0, got {seed}")
+        return seeds
+
 
 class Hardware(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
-    threads: int | None = None
+    threads: int | None = Field(None, ge=1)
 
 
 class BudgetValues(_Strict):
@@ -189,12 +210,18 @@ class Suite:
 
     def select_methods(self, names: list[str]) -> list[str]:
         """Method labels named on the command line, checked against the suite."""
+        if not names:
+            raise ConfigError("no method named", file=str(self.path), field="--methods")
         for name in names:
             if name not in self.spec.methods:
-                method_class(name)  # an unknown registry name gets the registry's error
-                raise ConfigError(f"method {name!r} is not in this suite (it has: {', '.join(self.spec.methods)})",
-                                  file=str(self.path), field="--methods")
-        return names
+                has = f"this suite has: {', '.join(self.spec.methods)}"
+                try:
+                    method_class(name)
+                except UnknownNameError as err:  # not even a registered method: say so, with the registry
+                    raise ConfigError(f"{err.message}; {has}", file=str(self.path), field="--methods") from None
+                raise ConfigError(f"method {name!r} is not in this suite ({has})", file=str(self.path),
+                                  field="--methods")
+        return list(dict.fromkeys(names))  # a label named twice runs once
 
 
 def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
@@ -208,27 +235,29 @@ def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
 
 def _load(path: Path, check_data: bool) -> Suite:
     if not path.is_file():
-        raise ConfigError("suite file not found", file=str(path))
+        raise ConfigError("suite file not found")
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"malformed TOML: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError("malformed TOML: not UTF-8 text") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the suite file ({err.strerror or err})") from None
     try:
         spec = SuiteFile(**raw)
     except ValidationError as err:
-        raise config_error_from(err) from None
+        raise config_error_from(err, model=SuiteFile) from None
 
     datasets = {}
     for name in spec.grid.datasets:
         options = dict(spec.data.get(name, {}))
+        if "name" in options:
+            raise ConfigError("unknown field (the dataset's name is its table's name)", field=f"data.{name}.name")
         try:
             datasets[name] = DataConfig(name=name, **options)
         except ValidationError as err:
-            raise config_error_from(err, prefix=f"data.{name}") from None
-        except TypeError as err:
-            raise ConfigError(str(err), field=f"data.{name}") from None
+            raise config_error_from(err, prefix=f"data.{name}", model=DataConfig) from None
     for name in spec.data:
         if name not in spec.grid.datasets:
             raise ConfigError(f"options for dataset {name!r}, which grid.datasets does not list", field=f"data.{name}")
@@ -237,32 +266,53 @@ def _load(path: Path, check_data: bool) -> Suite:
             try:
                 check_dataset(cfg)
             except DDBenchError as err:
-                raise err.located(field="grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}")
+                # check_dataset names the DataConfig field ("name", "root"); say where it is in the suite.
+                raise err.at("grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}") from None
+    for ipc in spec.budget.by_ipc:
+        if ipc not in spec.grid.ipcs:
+            raise ConfigError(f"override for IPC {ipc}, which grid.ipcs does not list", field=f"budget.by_ipc.{ipc}")
 
     method_configs = {}
     used_defaults: set[str] = set()
     for label, table in spec.methods.items():
+        if not _is_slug(label):
+            # The label is a folder name of the output: no '/', no '..'.
+            raise ConfigError("a method label must be letters, digits, '-', '_' or '.'", field=f"methods.{label}")
         name = table.get("method", label)
+        if not isinstance(name, str):
+            raise ConfigError(f"must be a registered method name, got {name!r}", field=f"methods.{label}.method")
         try:
             fields = method_class(name).Config.model_fields
         except DDBenchError as err:
-            raise err.located(field=f"methods.{label}" + (".method" if "method" in table else "")) from None
+            raise err.at(f"methods.{label}" + (".method" if "method" in table else "")) from None
         defaults = {k: v for k, v in spec.method_defaults.items() if k in fields}
         used_defaults |= set(defaults)
-        base = _merge(defaults, {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS})
+        own = {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS}
+        base = _merge(defaults, own)
         by_ipc = table.get("by_ipc", {})
-        for key in by_ipc:
+        if not isinstance(by_ipc, dict):
+            raise ConfigError("must be a table of per-IPC overrides", field=f"methods.{label}.by_ipc")
+        for key, override in by_ipc.items():
             if not str(key).isdigit() or int(key) not in spec.grid.ipcs:
                 raise ConfigError(f"override for IPC {key!r}, which grid.ipcs does not list",
                                   field=f"methods.{label}.by_ipc.{key}")
+            if not isinstance(override, dict):
+                raise ConfigError("must be a table of config values", field=f"methods.{label}.by_ipc.{key}")
         for ipc in spec.grid.ipcs:
-            override = by_ipc.get(str(ipc), {})
-            where = f"methods.{label}" + (f".by_ipc.{ipc}" if override else "")
+            override = next((v for k, v in by_ipc.items() if int(k) == ipc), {})
             try:
                 method_configs[(label, ipc)] = validate_method_config(name, _merge(base, override))
             except DDBenchError as err:
-                raise err.located(field=where) if err.field is None else type(err)(
-                    err.message, field=f"{where}.{err.field}") from None
+                # Name the table the bad value came from: the IPC override, the method's own
+                # table, or [method_defaults].
+                head = (err.field or "").split(".")[0]
+                if (head and head in override) or (not head and override):
+                    where = f"methods.{label}.by_ipc.{ipc}"
+                elif head and head not in own and head in defaults:
+                    where = "method_defaults"
+                else:
+                    where = f"methods.{label}"
+                raise err.within(where) from None
     for key in spec.method_defaults:
         if key not in used_defaults:
             raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")

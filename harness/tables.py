@@ -24,6 +24,20 @@ def _pm(fmt: str) -> str:
     return r" $\pm$ " if fmt == "latex" else " ± "
 
 
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _text(value: str, fmt: str) -> str:
+    """A name as table text: LaTeX-escaped for ``latex`` (tables are rendered raw, so that
+    ``$\\pm$`` survives, and ``random_real`` would otherwise not compile)."""
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in value) if fmt == "latex" else value
+
+
+def _headers(cols: list[tuple[str, int]], fmt: str) -> list[str]:
+    return ["method"] + [_text(f"{d} IPC {k}", fmt) for d, k in cols]
+
+
 def _columns(records: list[dict]) -> list[tuple[str, int]]:
     return sorted({(r["dataset"], r["ipc"]) for r in records})
 
@@ -65,10 +79,10 @@ def _tabulate(headers: list[str], rows: list[list[str]], fmt: str) -> str:
 
 def accuracy_table(records: list[dict], fmt: str = "github") -> str:
     cells, cols = group(records), _columns(records)
-    headers = ["method"] + [f"{d} IPC {k}" for d, k in cols]
+    headers = _headers(cols, fmt)
     rows = []
     for method in _rows(records):
-        row = [method]
+        row = [_text(method, fmt)]
         for d, k in cols:
             if (method, d, k) in cells:
                 s = summarize(cells[(method, d, k)])
@@ -81,10 +95,10 @@ def accuracy_table(records: list[dict], fmt: str = "github") -> str:
 
 def cost_table(records: list[dict], fmt: str = "github") -> str:
     cells, cols = group(records), _columns(records)
-    headers = ["method"] + [f"{d} IPC {k}" for d, k in cols]
+    headers = _headers(cols, fmt)
     rows = []
     for method in _rows(records):
-        row = [method]
+        row = [_text(method, fmt)]
         for d, k in cols:
             if (method, d, k) in cells:
                 s = summarize(cells[(method, d, k)])

@@ -1,0 +1,154 @@
+"""The method registry: names, typed configs, errors that name the field, plugins."""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import EntryPoint
+
+import pytest
+from pydantic import BaseModel, ConfigDict
+
+import harness.registry as registry
+from harness.errors import ConfigError, UnknownNameError
+from harness.method import Method
+from harness.registry import create_method, list_methods, method_class, register_method, validate_method_config
+
+BUILTIN = ("random_real", "bptt", "tbptt", "rat_bptt")
+
+
+@pytest.fixture
+def isolated_registry(monkeypatch):
+    """A copy of the registry for tests that register classes."""
+    list_methods()  # load the plugins into the real registry first
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    return registry._METHODS
+
+
+def test_list_methods_shows_the_builtin_ones_with_a_description():
+    methods = list_methods()
+    for name in BUILTIN:
+        assert name in methods
+    assert list(methods) == sorted(methods)
+    for name, doc in methods.items():
+        assert doc and "\n" not in doc, name
+
+
+@pytest.mark.parametrize("name", sorted(list_methods()))
+def test_create_every_registered_method_with_defaults(name):
+    method = create_method(name)
+    cls = method_class(name)
+    assert isinstance(method, cls) and isinstance(method, Method)
+    assert isinstance(method.config, cls.Config)
+    assert cls.name == name
+    # The defaults survive a round trip through their JSON form (what a record stores).
+    assert validate_method_config(name, method.config.model_dump(mode="json")) == method.config
+
+
+def test_unknown_name_lists_the_registered_ones():
+    with pytest.raises(UnknownNameError) as exc:
+        create_method("no_such_method")
+    assert "no_such_method" in str(exc.value)
+    for name in list_methods():
+        assert name in exc.value.message
+
+
+@pytest.mark.parametrize("name", ["bptt", "tbptt", "rat_bptt"])
+def test_unknown_field_is_named(name):
+    with pytest.raises(ConfigError) as exc:
+        create_method(name, windoww=3)
+    assert exc.value.field == "windoww" and "unknown field" in exc.value.message
+
+
+@pytest.mark.parametrize("name, cfg, field", [
+    ("tbptt", {"unroll": 5, "window": 6}, "window"),
+    ("rat_bptt", {"unroll": 5, "window": 6}, "window"),
+    ("tbptt", {"unroll": 5, "window": 0}, "window"),
+    ("rat_bptt", {"unroll": 0, "window": 0}, "window"),
+    ("rat_bptt", {"unroll": 10, "window": 4, "min_unroll": 3}, "window"),
+    ("rat_bptt", {"unroll": 10, "window": 4, "min_unroll": 11}, "min_unroll"),
+    ("bptt", {"unroll": 0}, "unroll"),
+    ("tbptt", {"real_batch": 0}, "real_batch"),
+    ("tbptt", {"clip_ema": 1.0}, "clip_ema"),
+    ("tbptt", {"inner": {"lr": "fast"}}, "inner.lr"),
+    ("tbptt", {"inner": {"name": "rmsprop"}}, "inner.name"),
+    ("tbptt", {"syn_augment": {"ops": ["blur"]}}, "syn_augment.ops"),
+])
+def test_bad_value_names_its_field(name, cfg, field):
+    with pytest.raises(ConfigError) as exc:
+        create_method(name, **cfg)
+    assert exc.value.field == field
+    assert len(str(exc.value).splitlines()) == 1
+
+
+def test_random_real_takes_no_options():
+    with pytest.raises(ConfigError) as exc:
+        create_method("random_real", unroll=3)
+    assert exc.value.field == "unroll"
+
+
+def _method_class(doc: str = "A test method."):
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid", frozen=True)
+        k: int = 1
+
+    class TestMethod(Method):
+        __doc__ = doc
+
+        def setup(self, task):
+            pass
+
+        def step(self, step):
+            return {}
+
+        def distilled(self):
+            raise NotImplementedError
+
+    TestMethod.Config = Config
+    return TestMethod
+
+
+def test_registering_twice_under_one_name_raises(isolated_registry):
+    first = register_method("unit_test_method")(_method_class())
+    assert register_method("unit_test_method")(first) is first  # the same class again: harmless
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("unit_test_method")(_method_class())
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method("bptt")(_method_class())
+    assert method_class("unit_test_method") is first
+    assert create_method("unit_test_method", k=4).config.k == 4
+
+
+def test_config_must_be_a_pydantic_model(isolated_registry):
+    cls = _method_class()
+    cls.Config = dict
+    with pytest.raises(TypeError):
+        register_method("unit_bad_config")(cls)
+    assert "unit_bad_config" not in isolated_registry
+
+
+def test_plugins_load_from_entry_points_of_either_form(tmp_path, monkeypatch, isolated_registry):
+    # A third-party package may name a module ("pkg.mod") or an attribute ("pkg.mod:attr").
+    (tmp_path / "ddbench_unit_plugin.py").write_text(
+        "from harness.registry import register_method\n"
+        "from tests_plugin_base import make\n"
+        "Plugin = register_method('unit_plugin')(make())\n"
+    )
+    (tmp_path / "ddbench_unit_plugin_b.py").write_text(
+        "from harness.registry import register_method\n"
+        "from tests_plugin_base import make\n"
+        "def register():\n"
+        "    register_method('unit_plugin_b')(make())\n"
+        "register()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = type(sys)("tests_plugin_base")
+    base.make = _method_class
+    monkeypatch.setitem(sys.modules, "tests_plugin_base", base)
+    for name in ("ddbench_unit_plugin", "ddbench_unit_plugin_b"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    eps = [EntryPoint("a", "ddbench_unit_plugin", "ddbench.methods"),
+           EntryPoint("b", "ddbench_unit_plugin_b:register", "ddbench.methods")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "ddbench.methods" else [])
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    methods = list_methods()
+    assert "unit_plugin" in methods and "unit_plugin_b" in methods

@@ -1,0 +1,297 @@
+"""The runner end to end: the smoke suite on a tiny budget, records, tables, skipping, resuming."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import statistics
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import dump_toml, files_under, tiny_suite
+from harness.method import DistilledSet
+from harness.records import SCHEMA_VERSION, read_record
+from harness.registry import method_class
+from harness.runner import cell_paths
+from harness.suite import load_suite
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+MEMORY_KINDS = ("cuda_max_allocated", "cpu_peak_rss")
+
+
+def smoke_on_a_tiny_budget() -> dict:
+    """suites/smoke.toml with a few outer steps and a short evaluation; every method kept, so a
+    method added to the smoke suite is covered here too."""
+    data = tomllib.loads((REPO / "suites" / "smoke.toml").read_text())
+    data["budget"]["outer_steps"] = 3
+    data["budget"].pop("by_ipc", None)
+    data["eval"]["models"] = 2
+    data["eval"]["steps"] = 20
+    # One thread: on a shared 2-core machine two intra-op threads per busy process oversubscribe
+    # the cores and make the run many times slower; threads change no result (not in the run id).
+    data["hardware"]["threads"] = 1
+    return data
+
+
+def _pm_cells(line: str, pm: str) -> list[tuple[float, float]]:
+    return [(float(m), float(s)) for m, s in re.findall(rf"(\d+\.\d\d){re.escape(pm)}(\d+\.\d\d)", line)]
+
+
+@pytest.mark.slow
+def test_smoke_suite_end_to_end(write_suite, cli, tmp_path):
+    data = smoke_on_a_tiny_budget()
+    path = write_suite(dump_toml(data), "smoke-tiny.toml")
+    out = tmp_path / "runs"
+    code, stdout, err = cli("run", path, "--out", out, "-q")
+    assert code == 0, err
+
+    suite = load_suite(path)
+    grid = data["grid"]
+    labels = list(data["methods"])
+    cells = suite.cells()
+    assert len(cells) == len(grid["datasets"]) * len(grid["ipcs"]) * len(labels) * len(grid.get("seeds", [0]))
+    records = sorted(out.rglob("*.json"))
+    assert len(records) == len(cells)
+    assert f"{len(cells)} records" in stdout
+
+    seen = set()
+    for cell in cells:
+        paths = cell_paths(out, cell)
+        record = read_record(paths["record"])
+        seen.add((record["dataset"], record["ipc"], record["method"], record["seed"]))
+        assert (record["dataset"], record["ipc"], record["method"], record["seed"]) == (
+            cell.dataset.name, cell.ipc, cell.method_label, cell.seed)
+        assert record["schema_version"] == SCHEMA_VERSION
+        assert record["run_id"] == cell.run_id and record["suite"] == data["suite"]["name"]
+        assert record["method_config"] == cell.method_config.model_dump(mode="json")
+        assert record["status"] == "ok"
+        started, finished = (datetime.fromisoformat(record[k]) for k in ("started_at", "finished_at"))
+        assert started <= finished
+
+        ev = record["eval"]
+        assert ev["protocol"]["models"] == 2 and ev["protocol"]["steps"] == 20
+        accs = ev["accuracy_per_model"]
+        assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+        assert ev["accuracy_mean"] == pytest.approx(statistics.fmean(accs), abs=1e-12)
+        assert ev["accuracy_std"] == pytest.approx(statistics.pstdev(accs), abs=1e-12)
+
+        distill = record["distill"]
+        assert distill["memory_kind"] in MEMORY_KINDS
+        assert distill["peak_memory_bytes"] > 0
+        assert distill["wall_clock_s"] >= 0 and distill["seconds_per_outer_step"] >= 0
+        if cell.method == "random_real":
+            assert distill["outer_steps"] == 0
+        else:
+            assert distill["outer_steps"] > 0
+            assert distill["seconds_per_outer_step"] == pytest.approx(
+                distill["wall_clock_s"] / distill["outer_steps"])
+
+        hw = record["hardware"]
+        for key in ("device_name", "torch", "torchopt", "python", "cpu_count"):
+            assert hw[key], key
+        assert hw["torch"] == torch.__version__
+
+        distilled = DistilledSet.load(paths["distilled"])
+        assert record["distilled_file"] == paths["distilled"].name
+        assert distilled.images.shape[0] == distilled.num_classes * cell.ipc == 10 * cell.ipc
+        assert distilled.meta["run_id"] == cell.run_id
+        assert torch.isfinite(distilled.images).all()
+    assert len(seen) == len(cells)
+    # Nothing else is left: no checkpoint, no temp file.
+    assert {p.name.split(".", 1)[1] for p in files_under(out)} == {"json", "distilled.pt"}
+
+    # --- tables, from the records only
+    by_cell = {(r["method"], r["dataset"], r["ipc"]): r for r in map(read_record, records)}
+    columns = sorted({(d, k) for _, d, k in by_cell})
+
+    code, table, err = cli("table", out, "--format", "github")
+    assert code == 0, err
+    acc_part, cost_part = table.split("Distillation cost")
+    rows = [line for line in acc_part.splitlines() if line.startswith("| ") and "IPC" not in line]
+    assert [row.split("|")[1].strip() for row in rows][0] == "random_real"
+    assert sorted(row.split("|")[1].strip() for row in rows) == sorted(labels)
+    header = next(line for line in acc_part.splitlines() if "IPC" in line)
+    assert [h.strip() for h in header.strip("|").split("|")[1:]] == [f"{d} IPC {k}" for d, k in columns]
+    for row in rows:
+        method = row.split("|")[1].strip()
+        shown = _pm_cells(row, " ± ")
+        assert len(shown) == len(columns)
+        for (mean, std), (d, k) in zip(shown, columns):
+            accs = by_cell[(method, d, k)]["eval"]["accuracy_per_model"]
+            assert mean == pytest.approx(100 * statistics.fmean(accs), abs=0.006)
+            assert std == pytest.approx(100 * statistics.pstdev(accs), abs=0.006)
+    assert "MiB" in cost_part and "s/step" in cost_part and "no distillation" in cost_part
+
+    code, latex, err = cli("table", out, "--format", "latex")
+    assert code == 0, err
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex and "±" not in latex
+    assert r"random\_real" in latex
+
+    code, text, err = cli("table", out, "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == len(by_cell)
+    for row in rows:
+        record = by_cell[(row["method"], row["dataset"], int(row["ipc"]))]
+        assert float(row["accuracy_mean"]) == pytest.approx(record["eval"]["accuracy_mean"])
+        assert float(row["peak_memory_bytes"]) == record["distill"]["peak_memory_bytes"]
+    assert rows[0]["method"] == "random_real"
+
+    # --- a rerun finds every record and writes nothing
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files_under(out)}
+    code, stdout, err = cli("run", path, "--out", out, "-q", "--table")
+    assert code == 0, err
+    assert f"{len(cells)} records" in stdout and "random_real" in stdout  # --table printed the table
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files_under(out)} == before
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _resume_suite(method: str, steps: int) -> dict:
+    config = {"unroll": 4, "window": 2}
+    return tiny_suite(methods={method: config},
+                      budget={"outer_steps": steps, "checkpoint_minutes": 1e-9})  # a checkpoint every step
+
+
+@pytest.mark.parametrize("method", ["tbptt", "rat_bptt"])
+def test_interrupted_run_resumes_bit_identically(method, write_suite, cli, tmp_path, monkeypatch):
+    steps, stop_at = 5, 3
+    path = write_suite(_resume_suite(method, steps))
+    cell = load_suite(path).cells()[0]
+    cls = method_class(method)
+    original = cls.step
+    calls = []
+
+    def counting(self, step):
+        calls.append(step)
+        return original(self, step)
+
+    def interrupted(self, step):
+        if step == stop_at:
+            raise KeyboardInterrupt
+        return counting(self, step)
+
+    # The reference: one uninterrupted run.
+    monkeypatch.setattr(cls, "step", counting)
+    assert cli("run", path, "--out", tmp_path / "a", "-q")[0] == 0
+    assert calls == list(range(steps))
+    reference = DistilledSet.load(cell_paths(tmp_path / "a", cell)["distilled"])
+
+    # Interrupted at step 3: a checkpoint after step 2, no record, no distilled set.
+    out = tmp_path / "b"
+    paths = cell_paths(out, cell)
+    calls.clear()
+    monkeypatch.setattr(cls, "step", interrupted)
+    code, stdout, err = cli("run", path, "--out", out, "-q")
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert files_under(out) == [paths["checkpoint"]]
+    assert torch.load(paths["checkpoint"], weights_only=False)["step"] == stop_at
+
+    # The rerun continues at step 3 (it does not start over) and ends where the reference did.
+    calls.clear()
+    monkeypatch.setattr(cls, "step", counting)
+    assert cli("run", path, "--out", out, "-q")[0] == 0
+    assert calls == list(range(stop_at, steps))
+    assert not paths["checkpoint"].exists()
+    resumed = DistilledSet.load(paths["distilled"])
+    assert torch.equal(resumed.images, reference.images)
+    assert torch.equal(resumed.labels, reference.labels)
+    record = read_record(paths["record"])
+    assert record["distill"]["outer_steps"] == steps
+    assert [h["step"] for h in record["distill"]["history"]] == list(range(steps))  # no step twice
+    reference_record = read_record(cell_paths(tmp_path / "a", cell)["record"])
+    assert record["eval"]["accuracy_per_model"] == reference_record["eval"]["accuracy_per_model"]
+
+
+def test_checkpoint_of_other_run_id_is_rejected_when_resuming(write_suite, cli, tmp_path, monkeypatch):
+    # A real checkpoint of one config, moved to the path of a cell with another config.
+    path = write_suite(_resume_suite("tbptt", 4))
+    cls = method_class("tbptt")
+    original = cls.step
+
+    def interrupted(self, step):
+        if step == 2:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(cls, "step", interrupted)
+    out = tmp_path / "out"
+    assert cli("run", path, "--out", out, "-q")[0] == 130
+    old = cell_paths(out, load_suite(path).cells()[0])["checkpoint"]
+
+    other = write_suite(_resume_suite("tbptt", 6), "other.toml")  # another budget: another run id
+    new = cell_paths(out, load_suite(other).cells()[0])["checkpoint"]
+    assert new != old
+    old.rename(new)
+    code, stdout, err = cli("run", other, "--out", out, "-q")
+    assert code == 2 and str(new) in err and ": run_id: " in err and len(err.strip().splitlines()) == 1
+    assert files_under(out) == [new]
+
+
+def test_run_id_ignores_checkpoint_interval_but_not_the_budget(write_suite):
+    base = load_suite(write_suite(_resume_suite("tbptt", 4), "a.toml")).cells()[0]
+    often = tiny_suite(methods={"tbptt": {"unroll": 4, "window": 2}},
+                       budget={"outer_steps": 4, "checkpoint_minutes": 30.0})
+    assert load_suite(write_suite(often, "b.toml")).cells()[0].run_id == base.run_id
+    assert load_suite(write_suite(_resume_suite("tbptt", 5), "c.toml")).cells()[0].run_id != base.run_id
+
+
+def test_minutes_budget_stops_early_and_says_so(write_suite, cli, tmp_path):
+    data = tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}},
+                      budget={"outer_steps": 50, "minutes": 1e-9})
+    path = write_suite(data)
+    assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 0
+    record = read_record(cell_paths(tmp_path / "out", load_suite(path).cells()[0])["record"])
+    assert record["distill"]["stopped_by"] == "minutes"
+    assert 1 <= record["distill"]["outer_steps"] < 50
+    assert record["distill"]["seconds_per_outer_step"] == pytest.approx(
+        record["distill"]["wall_clock_s"] / record["distill"]["outer_steps"])
+
+
+def test_non_finite_metrics_do_not_make_the_record_unwritable(write_suite, cli, tmp_path, monkeypatch):
+    # A diverged outer loss is recorded as null; records refuse NaN, so it must not reach them raw.
+    cls = method_class("tbptt")
+    original = cls.step
+    monkeypatch.setattr(cls, "step", lambda self, step: {**original(self, step), "outer_loss": math.nan,
+                                                         "grad_norm": math.inf})
+    path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}}))
+    code, _, err = cli("run", path, "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    record_path = cell_paths(tmp_path / "out", load_suite(path).cells()[0])["record"]
+    history = read_record(record_path)["distill"]["history"]
+    assert history and all(h["outer_loss"] is None and h["grad_norm"] is None for h in history)
+    assert "NaN" not in record_path.read_text()
+
+
+def test_methods_option_runs_only_the_named_labels(write_suite, cli, tmp_path):
+    path = write_suite(tiny_suite())
+    out = tmp_path / "out"
+    assert cli("run", path, "--out", out, "--methods", "tbptt", "-q")[0] == 0
+    assert [json.loads(p.read_text())["method"] for p in out.rglob("*.json")] == ["tbptt"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_measures_allocated_memory(write_suite, cli, tmp_path):
+    data = tiny_suite(hardware={"device": "cuda", "dtype": "float32"})
+    path = write_suite(data)
+    assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 0
+    for cell in load_suite(path).cells():
+        record = read_record(cell_paths(tmp_path / "out", cell)["record"])
+        assert record["distill"]["memory_kind"] == "cuda_max_allocated"
+        assert record["hardware"]["device"].startswith("cuda") and record["hardware"]["cuda"]
+        if cell.method != "random_real":
+            assert record["distill"]["peak_memory_bytes"] > 0

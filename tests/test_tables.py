@@ -1,0 +1,115 @@
+"""Comparison tables rendered from hand-built records (expected cells computed from the same
+fixtures, never typed as results)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+
+import pytest
+
+from conftest import make_record
+from harness.tables import render, summarize
+
+
+def _records() -> list[dict]:
+    return [
+        # rat_bptt, digits IPC 1: two seeds with different numbers of models (pooled, not averaged)
+        make_record("rat_bptt", "digits", 1, seed=0, accs=(0.5, 0.7), seconds_per_step=0.1, peak=100 * 2**20),
+        make_record("rat_bptt", "digits", 1, seed=1, accs=(0.9,), seconds_per_step=0.3, peak=300 * 2**20),
+        make_record("rat_bptt", "digits", 10, accs=(0.8, 0.82)),
+        make_record("bptt", "digits", 1, accs=(0.4, 0.6)),
+        make_record("random_real", "digits", 1, accs=(0.3, 0.31), outer_steps=0, seconds_per_step=0.0),
+        make_record("random_real", "digits", 10, accs=(0.6, 0.62), outer_steps=0, seconds_per_step=0.0),
+        make_record("random_real", "mnist", 1, accs=(0.6, 0.64), outer_steps=0, seconds_per_step=0.0),
+    ]
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """A github table as {first cell: other cells}."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _pooled(records, method, dataset, ipc):
+    accs = [a for r in records if (r["method"], r["dataset"], r["ipc"]) == (method, dataset, ipc)
+            for a in r["eval"]["accuracy_per_model"]]
+    return 100 * statistics.fmean(accs), 100 * statistics.pstdev(accs)
+
+
+def test_accuracy_table_layout_baseline_first_and_missing_cells():
+    records = _records()
+    accuracy = render(records, "github").split("Distillation cost")[0]
+    rows = _table_rows(accuracy)
+    assert list(rows)[0] == "method"
+    assert rows["method"] == ["digits IPC 1", "digits IPC 10", "mnist IPC 1"]
+    assert list(rows)[1:] == ["random_real", "bptt", "rat_bptt"]  # baseline first, then by name
+    assert rows["bptt"][1] == "-" and rows["bptt"][2] == "-"
+    assert rows["rat_bptt"][2] == "-"
+    for method, cells in list(rows.items())[1:]:
+        for cell, (d, k) in zip(cells, [("digits", 1), ("digits", 10), ("mnist", 1)]):
+            if cell != "-":
+                mean, std = _pooled(records, method, d, k)
+                assert cell == f"{mean:.2f} ± {std:.2f}"
+
+
+def test_seeds_are_pooled_over_models():
+    records = _records()
+    cell = _table_rows(render(records, "github").split("Distillation cost")[0])["rat_bptt"][0]
+    pooled = statistics.fmean([0.5, 0.7, 0.9])
+    mean_of_means = statistics.fmean([0.6, 0.9])
+    assert cell.startswith(f"{100 * pooled:.2f} ± ")
+    assert not cell.startswith(f"{100 * mean_of_means:.2f}")
+    s = summarize([r for r in records if r["method"] == "rat_bptt" and r["ipc"] == 1])
+    assert (s["n_models"], s["n_seeds"]) == (3, 2)
+    assert s["accuracy_std"] == pytest.approx(statistics.pstdev([0.5, 0.7, 0.9]))
+
+
+def test_cost_table_medians_and_no_distillation():
+    records = _records()
+    cost = _table_rows(render(records, "github").split("Distillation cost")[1])
+    # Two seeds: the median of 100 and 300 MiB, of 0.1 and 0.3 s/step.
+    assert cost["rat_bptt"][0] == f"{200:.0f} MiB, {0.2:.3f} s/step"
+    assert cost["random_real"] == ["no distillation"] * 3
+    assert cost["bptt"][1] == "-"
+
+
+def test_latex_escapes_names_and_uses_pm():
+    latex = render(_records(), "latex")
+    assert r"\begin{tabular}" in latex and r"\end{tabular}" in latex
+    assert r"$\pm$" in latex and "±" not in latex
+    assert r"random\_real" in latex and r"rat\_bptt" in latex
+    assert "random_real" not in latex.replace(r"random\_real", "")  # every underscore escaped
+    mean, std = _pooled(_records(), "bptt", "digits", 1)
+    assert f"{mean:.2f} $\\pm$ {std:.2f}" in latex
+
+
+def test_csv_has_one_row_per_cell():
+    records = _records()
+    rows = list(csv.DictReader(io.StringIO(render(records, "csv"))))
+    cells = {(r["method"], r["dataset"], r["ipc"]) for r in records}
+    assert len(rows) == len(cells)
+    assert {(r["method"], r["dataset"], int(r["ipc"])) for r in rows} == cells
+    assert [r["method"] for r in rows if (r["dataset"], r["ipc"]) == ("digits", "1")] == [
+        "random_real", "bptt", "rat_bptt"]
+    for row in rows:
+        mean, std = _pooled(records, row["method"], row["dataset"], int(row["ipc"]))
+        assert 100 * float(row["accuracy_mean"]) == pytest.approx(mean)
+        assert 100 * float(row["accuracy_std"]) == pytest.approx(std)
+    assert next(r for r in rows if r["method"] == "rat_bptt" and r["ipc"] == "1")["n_seeds"] == "2"
+
+
+def test_devices_and_memory_kind_are_named():
+    records = _records() + [make_record("bptt", "mnist", 1, device_name="Other GPU")]
+    text = render(records, "github")
+    assert "Test CPU" in text and "Other GPU" in text and "cpu_peak_rss" in text
+
+
+def test_unknown_format_is_refused():
+    with pytest.raises(ValueError, match="github"):
+        render(_records(), "html")
