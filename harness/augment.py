@@ -55,7 +55,8 @@ def _op_matrices(op: str, cfg: AugmentConfig, n: int, size: int, gen: torch.Gene
         eye[:, 0, 0] = torch.where(u[:, 0] < cfg.flip_prob, -1.0, 1.0)
     elif op == "crop":
         # Integer pixel shifts: with align_corners=False a shift of s pixels is 2s/size in
-        # normalized coordinates and bilinear sampling copies pixels exactly.
+        # normalized coordinates, so bilinear sampling copies pixels up to rounding (~1e-7
+        # relative in float32): a crop, not a blur.
         max_shift = int(size * cfg.crop_fraction + 0.5)
         shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=gen).to(torch.float64)
         eye[:, :2, 2] = 2.0 * shifts / size

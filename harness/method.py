@@ -15,8 +15,6 @@ resumed from a checkpoint continues exactly as if it had never stopped.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +27,7 @@ from pydantic import BaseModel
 
 from harness.data import DatasetSplits
 from harness.models import ModelConfig, create_model
+from harness.records import atomic_write
 
 
 # Independent random streams of one run, so that e.g. the network init of outer step t does
@@ -143,17 +142,8 @@ class DistilledSet:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` atomically (temp file + rename): a crash never leaves a partial file."""
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 class Method(ABC):

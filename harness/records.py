@@ -15,7 +15,7 @@ import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -65,23 +65,29 @@ def hardware_info(device: torch.device) -> dict[str, Any]:
     }
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically; NaN and infinities are refused (``ValueError``)
-    before any file or folder is created."""
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write a file atomically: ``write(f)`` fills a temp file in the same folder, which is
+    fsynced and renamed over ``path``; on any failure the temp file goes and ``path`` is intact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates the file 0600; a record gets the mode any new file would (umask).
+        # mkstemp creates the file 0600; a result gets the mode any new file would (umask).
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically; NaN and infinities are refused (``ValueError``)
+    before any file or folder is created."""
+    data = (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _umask() -> int:

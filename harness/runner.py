@@ -30,12 +30,14 @@ from tqdm.auto import tqdm
 from harness.data import DatasetSplits, load_dataset
 from harness.errors import CheckpointError, ConfigError, DDBenchError
 from harness.evaluation import EvalResult, evaluate
+from harness.hardness import hardness_extension
 from harness.memory import PeakMemory
 from harness.models import create_model
 from harness.method import DistilledSet, DistillTask, atomic_torch_save
 from harness.records import (SCHEMA_VERSION, hardware_info, now_iso, read_record, record_stem,
                              write_json_atomic)
 from harness.registry import create_method
+from harness.subsets import subset_extension
 from harness.suite import Cell, Suite
 
 log = logging.getLogger("ddbench")
@@ -43,7 +45,7 @@ log = logging.getLogger("ddbench")
 # Extra evaluations of a distilled set, each adding a section to the record: name -> function.
 # (A hook so that later analyses, e.g. subset curves, plug in without changing the runner.)
 RecordExtension = Callable[["CellContext"], dict[str, Any]]
-RECORD_EXTENSIONS: dict[str, RecordExtension] = {}
+RECORD_EXTENSIONS: dict[str, RecordExtension] = {"hardness": hardness_extension, "subset_curve": subset_extension}
 
 
 @dataclass

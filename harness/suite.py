@@ -9,6 +9,8 @@ A suite is a TOML file (see ``suites/smoke.toml`` for a commented example)::
     [model]        the network distilled with (harness.models.ModelConfig)
     [eval]         the evaluation protocol (harness.evaluation.EvalProtocol)
     [data.NAME]    options of dataset NAME (harness.data.DataConfig, without ``name``)
+    [hardness]     the hardness analysis of every distilled set (harness.hardness.HardnessConfig)
+    [subsets]      the subset curve of every distilled set (harness.subsets.SubsetEvalConfig)
     [method_defaults]  settings given to every method whose config has that field (e.g. the
                    inner optimizer, the real batch); a method's own table overrides them
     [methods.LABEL]  a method's config; ``method = "registry name"`` (default: LABEL);
@@ -33,8 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from harness.data import DataConfig, check_dataset
 from harness.errors import ConfigError, DDBenchError, UnknownNameError
 from harness.evaluation import EvalProtocol
+from harness.hardness import HardnessConfig
 from harness.models import ModelConfig
 from harness.registry import config_error_from, method_class, validate_method_config
+from harness.subsets import SubsetEvalConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -141,6 +145,8 @@ class SuiteFile(_Strict):
     data: dict[str, dict[str, Any]] = {}
     method_defaults: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    hardness: HardnessConfig = HardnessConfig()
+    subsets: SubsetEvalConfig = SubsetEvalConfig()
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,10 @@ class Cell:
     budget: BudgetValues
     hardware: Hardware
     checkpoint_minutes: float = 10.0  # how often a long run checkpoints; not part of the run id
+    # Analyses of the distilled set: they add sections to the record but do not change the
+    # distilled set, so they stay out of the run id (delete a record to redo its analyses).
+    hardness: HardnessConfig | None = None
+    subsets: SubsetEvalConfig | None = None
 
     def normalized(self) -> dict[str, Any]:
         """The cell's config in a canonical JSON form: hashed into the run id."""
@@ -205,7 +215,8 @@ class Suite:
                         out.append(Cell(self.name, self.datasets[dataset], ipc, label, self.method_name(label),
                                         self.method_configs[(label, ipc)], seed, self.spec.model, self.spec.eval,
                                         self.spec.budget.for_ipc(ipc), self.spec.hardware,
-                                        self.spec.budget.checkpoint_minutes))
+                                        self.spec.budget.checkpoint_minutes, self.spec.hardness,
+                                        self.spec.subsets))
         return out
 
     def select_methods(self, names: list[str]) -> list[str]:
