@@ -15,6 +15,7 @@ RaT-BPTT code does:
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.augment import AugmentConfig, augment
 from harness.cudagraphs import StepGraphs
+from harness.errors import ConfigError
 from harness.engine import FunctionalModel, MetaGradient, class_balanced_schedule, meta_gradient
 from harness.method import STREAM_NET_INIT, STREAM_SYN_INIT, DistilledSet, DistillTask, Method, step_seed
 from harness.models import reinitialize
@@ -50,6 +52,30 @@ class EngineConfig(BaseModel):
         return self
 
 
+class ParameterizationConfig(BaseModel):
+    """How the synthetic images are parameterized for the outer optimizer.
+
+    ``pixels``: every pixel is a parameter. ``linear_basis``: the N images are linear
+    combinations of K shared basis images, ``X = C B`` (C: [N, K] coefficients, B: [K, D]),
+    both learned, as in the RaT-BPTT paper's linear-basis variant. Initialised from the
+    initial images by a truncated SVD (exact when K >= their rank), so both start from the
+    same set; the meta-gradient in image space is pulled back through ``C B`` by autograd.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["pixels", "linear_basis"] = "pixels"
+    bases: int | None = Field(None, description="linear_basis: K, the number of basis images (<= N and <= pixels)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParameterizationConfig":
+        if self.kind == "linear_basis" and (self.bases is None or self.bases < 1):
+            raise ValueError(f"linear_basis needs bases >= 1, got {self.bases}")
+        if self.kind == "pixels" and self.bases is not None:
+            raise ValueError("bases applies to kind = 'linear_basis' only")
+        return self
+
+
 class UnrollConfig(BaseModel):
     """Settings shared by the unrolled methods; defaults from the RaT-BPTT code (CIFAR-10, IPC 10)."""
 
@@ -73,6 +99,7 @@ class UnrollConfig(BaseModel):
     syn_augment: AugmentConfig = AugmentConfig()
     real_augment: AugmentConfig = AugmentConfig()
     engine: EngineConfig = EngineConfig()
+    parameterization: ParameterizationConfig = ParameterizationConfig()
 
     @model_validator(mode="after")
     def _check_shared(self) -> "UnrollConfig":
@@ -99,6 +126,17 @@ def tf32(enabled: bool):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _factorize(images: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(C, B)`` with ``C @ B`` the best rank-``rank`` approximation of the flattened images."""
+    flat = images.reshape(images.shape[0], -1)
+    if rank > min(flat.shape):
+        raise ConfigError(f"linear basis of {rank} images for {flat.shape[0]} images of {flat.shape[1]} pixels: "
+                          f"at most {min(flat.shape)}", field="parameterization.bases")
+    U, S, Vh = torch.linalg.svd(flat.double(), full_matrices=False)
+    coeffs = (U[:, :rank] * S[:rank]).to(images.dtype)
+    return coeffs.contiguous().requires_grad_(), Vh[:rank].to(images.dtype).contiguous().requires_grad_()
 
 
 def check_window(window: int, unroll: int, window_name: str = "window", unroll_name: str = "unroll") -> None:
@@ -154,7 +192,15 @@ class UnrolledMethod(Method):
         self.log_lr = torch.tensor(math.log(lr0), device=task.device, dtype=task.dtype)
         self.log_lr.requires_grad_(cfg.learn_lr)
         self.update_scale = None if update_scale is None else update_scale.to(task.device, task.dtype)
-        groups = [{"params": [self.images], "lr": cfg.outer_lr}]
+        self.basis: tuple[torch.Tensor, torch.Tensor] | None = None  # (C, B) of a linear basis
+        if cfg.parameterization.kind == "linear_basis":
+            if update_scale is not None:
+                raise ConfigError("a linear basis shares its basis images across rows, so per-row update "
+                                  "scales (Boost-DD's beta) cannot hold rows fixed", field="parameterization")
+            self.basis = _factorize(self.images.detach(), cfg.parameterization.bases)
+            self.images = self._images_from_basis()
+        outer_params = list(self.basis) if self.basis is not None else [self.images]
+        groups = [{"params": outer_params, "lr": cfg.outer_lr}]
         if cfg.learn_labels:
             groups.append({"params": [self.labels], "lr": cfg.outer_lr / cfg.label_lr_scale})
         if cfg.learn_lr:
@@ -163,6 +209,11 @@ class UnrolledMethod(Method):
         self.grad_norm_ema: float | None = None
         # CUDA graphs pay off only where launches dominate: on a GPU. Captured once per run.
         self.graphs = StepGraphs() if cfg.engine.cuda_graphs and task.device.type == "cuda" else None
+
+    def _images_from_basis(self) -> torch.Tensor:
+        """``C B`` reshaped to images: a fresh leaf the engine differentiates with respect to."""
+        coeffs, bases = self.basis
+        return (coeffs @ bases).detach().view_as(self.images).requires_grad_()
 
     def _init_images(self, task: DistillTask, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(task.num_classes).repeat_interleave(ipc)
@@ -223,7 +274,11 @@ class UnrolledMethod(Method):
             max_norm = cfg.clip_factor * self.grad_norm_ema
             if norm > max_norm:
                 grad = grad * (max_norm / (norm + 1e-6))  # the same 1e-6 as torch's clip_grad_norm_
-        self.images.grad = grad
+        if self.basis is None:
+            self.images.grad = grad
+        else:  # pull the image-space gradient back to the coefficients and the bases
+            coeffs, bases = self.basis
+            torch.autograd.backward(coeffs @ bases, grad.reshape(coeffs.shape[0], -1))
         if cfg.learn_labels:
             self.labels.grad = result.labels
         if cfg.learn_lr:
@@ -240,6 +295,8 @@ class UnrolledMethod(Method):
                 self.labels.copy_(labels_before + self.update_scale[:, None] * (self.labels - labels_before))
             if cfg.learn_labels:
                 self.labels.clamp_(min=0)
+        if self.basis is not None:
+            self.images = self._images_from_basis()
         return norm
 
     # ------------------------------------------------------------------ results and checkpoints
@@ -251,13 +308,19 @@ class UnrolledMethod(Method):
 
     def state_dict(self) -> dict[str, Any]:
         return {"images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(),
-                "log_lr": self.log_lr.detach().cpu(), "outer_opt": self.outer_opt.state_dict(),
-                "grad_norm_ema": self.grad_norm_ema}
+                "log_lr": self.log_lr.detach().cpu(), "outer_opt": copy.deepcopy(self.outer_opt.state_dict()),  # a snapshot: torch shares the live tensors
+                "grad_norm_ema": self.grad_norm_ema,
+                "basis": None if self.basis is None else [t.detach().cpu() for t in self.basis]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.images.copy_(state["images"])
             self.labels.copy_(state["labels"])
             self.log_lr.copy_(state["log_lr"])
+            if self.basis is not None:
+                for mine, saved in zip(self.basis, state["basis"]):
+                    mine.copy_(saved)
+        if self.basis is not None:
+            self.images = self._images_from_basis()
         self.outer_opt.load_state_dict(state["outer_opt"])
         self.grad_norm_ema = state["grad_norm_ema"]
