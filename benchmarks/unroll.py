@@ -200,8 +200,12 @@ def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> di
     return errors
 
 
-def method_steps(names: list[str], shapes: Shapes, device: torch.device, window: int) -> list[dict]:
-    """Whole outer steps of registered methods at the benchmark's shapes (random data)."""
+def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window: int) -> list[dict]:
+    """Whole outer steps of registered methods at the benchmark's shapes (random data).
+
+    ``specs`` are ``name`` or ``name:mode`` (engine mode ``full`` or ``recompute``, default
+    recompute); AT-BPTT keeps its low-rank Hessian in recompute mode and drops it in full mode.
+    """
     from harness.data import DatasetSplits
     from harness.method import DistillTask
     from harness.models import ModelConfig
@@ -213,18 +217,21 @@ def method_steps(names: list[str], shapes: Shapes, device: torch.device, window:
     task = DistillTask(data=data, ipc=shapes.ipc, seed=0, model=ModelConfig(width=shapes.width, depth=shapes.depth),
                        outer_steps=shapes.steps + 1, device=device)
     rows = []
-    for name in names:
+    for spec in specs:
+        name, _, mode = spec.partition(":")
+        mode = mode or "recompute"
         cfg = {"unroll": shapes.unroll, "window": window, "real_batch": shapes.real_batch,
                "inner": {"name": "adam", "lr": LR}, "init": "gaussian",
-               "engine": {"mode": "recompute", "real_chunk": shapes.real_chunk}}
+               "engine": {"mode": mode, "real_chunk": shapes.real_chunk if mode == "recompute" else None}}
         if name == "at_bptt":
-            cfg["window_delta"] = max(1, window // 6)
+            cfg.update(window_delta=max(1, window // 6), low_rank_hessian=mode == "recompute")
         method = create_method(name, **cfg)
         method.setup(task)
         counter = iter(range(10**6))
         stats = measure(lambda: method.step(next(counter)), shapes.steps, device)
-        rows.append({"method": name, "window": window, **stats,
-                     "summary": {k: v for k, v in method.summary().items() if isinstance(v, (int, float, str))}})
+        rows.append({"method": name, "mode": mode, "window": window, **stats})
+        print(f"  M={window:4d} {spec:18s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
+              flush=True)
     return rows
 
 
@@ -236,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unroll", type=int, default=None, help="N (default 200)")
     ap.add_argument("--steps", type=int, default=None, help="timed outer steps per variant (default 5)")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
-    ap.add_argument("--methods", default="", help="also time whole outer steps of these registered methods")
+    ap.add_argument("--methods", default="", help="also time whole outer steps of registered methods, "
+                    "e.g. rat_bptt:full,rat_bptt:recompute,at_bptt:recompute (the first is the reference)")
     ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                     help="compare the meta-gradients with the baseline's first (default on)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -298,8 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
     if method_rows:
         print("\nwhole outer steps of registered methods (recompute mode):")
-        print(tabulate([[r["method"], r["window"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}"]
-                        for r in method_rows], headers=["method", "M", "s / outer step", "peak memory (MiB)"],
+        base = method_rows[0]
+        print(tabulate([[r["method"], r["mode"], r["window"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
+                         f"{base['median_s'] / r['median_s']:.2f}x", f"{r['peak_bytes'] / max(base['peak_bytes'], 1):.3f}"]
+                        for r in method_rows],
+                       headers=["method", "engine", "M", "s / outer step", "peak memory (MiB)",
+                                f"speedup vs {base['method']}:{base['mode']}", "memory vs it"],
                        tablefmt="github", disable_numparse=True))
     if args.json:
         payload = {"schema_version": 1, "benchmark": "unroll", "hardware": hw, "shapes": asdict(shapes),

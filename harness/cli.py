@@ -52,21 +52,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(root: Path, fmt: str) -> None:
+def _print_table(root: Path, fmt: str, view: str = "main") -> None:
     from harness.records import iter_records
-    from harness.tables import render
+    from harness.tables import render_view
 
     records = [record for _, record in iter_records(root)]
     if not records:
         raise DDBenchError("no run records found", file=str(root))
-    print(render(records, fmt))
+    try:
+        print(render_view(records, view, fmt))
+    except DDBenchError as err:
+        raise err.located(file=str(root)) from None
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise DDBenchError("not a directory", file=str(root))
-    _print_table(root, args.format)
+    _print_table(root, args.format, args.view)
     return 0
 
 
@@ -91,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="render a comparison table from run records")
     p.add_argument("dir", help="folder of run records (searched recursively)")
     p.add_argument("--format", choices=("github", "latex", "csv"), default="github")
+    p.add_argument("--view", choices=("main", "subsets", "hardness", "all"), default="main",
+                   help="main: accuracy and cost; subsets: subset curves beside directly distilled sets; "
+                        "hardness: accuracy per hardness bucket; all: every non-empty view")
     p.set_defaults(func=_cmd_table)
     return parser
 

@@ -299,6 +299,10 @@ def _load(path: Path, check_data: bool) -> Suite:
         defaults = {k: v for k, v in spec.method_defaults.items() if k in fields}
         used_defaults |= set(defaults)
         own = {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS}
+        base_defaults = _base_method_defaults(spec.method_defaults, fields, own)
+        if base_defaults:  # a wrapper (Boost-DD): the defaults reach the method it wraps
+            used_defaults |= set(base_defaults)
+            own["base_config"] = _merge(base_defaults, own.get("base_config", {}))
         base = _merge(defaults, own)
         by_ipc = table.get("by_ipc", {})
         if not isinstance(by_ipc, dict):
@@ -328,6 +332,19 @@ def _load(path: Path, check_data: bool) -> Suite:
         if key not in used_defaults:
             raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
     return Suite(path, spec, datasets, method_configs)
+
+
+def _base_method_defaults(method_defaults: dict, fields: dict, own: dict) -> dict:
+    """``method_defaults`` for the base method of a wrapper method (one with ``base`` and
+    ``base_config`` fields), restricted to the fields of the base's config."""
+    if not {"base", "base_config"} <= set(fields):
+        return {}
+    base_name = own.get("base", fields["base"].default)
+    try:
+        base_fields = method_class(base_name).Config.model_fields
+    except DDBenchError:
+        return {}  # an unknown base is reported when the config is validated
+    return {k: v for k, v in method_defaults.items() if k in base_fields}
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 from tabulate import tabulate
 
+from harness.errors import DDBenchError
+
 FORMATS = ("github", "latex", "csv")
 BASELINE = "random_real"
 
@@ -144,3 +146,21 @@ def render(records: list[dict], fmt: str = "github") -> str:
         f"Devices: {'; '.join(devices)}" if fmt != "latex" else f"% devices: {'; '.join(devices)}",
     ]
     return "\n".join(parts)
+
+
+def render_view(records: list[dict], view: str = "main", fmt: str = "github") -> str:
+    """One of the views ``ddbench table --view`` offers; ``all`` stacks the non-empty ones."""
+    from harness.hardness import hardness_table
+    from harness.subsets import subset_table
+
+    views = {"main": render, "subsets": subset_table, "hardness": hardness_table}
+    if view == "all":
+        parts = [views[name](records, fmt) for name in views]
+        return "\n\n".join(part for part in parts if part.strip())
+    if view not in views:
+        raise ValueError(f"view must be one of {', '.join([*views, 'all'])}")
+    text = views[view](records, fmt)
+    if not text.strip():
+        raise DDBenchError(f"no record here has a {view!r} section (enable [{view}] in the suite)", field="--view")
+    return text
+

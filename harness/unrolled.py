@@ -302,15 +302,16 @@ class UnrolledMethod(Method):
     # ------------------------------------------------------------------ results and checkpoints
 
     def distilled(self) -> DistilledSet:
-        lr = float(self.log_lr.exp()) if self.config.learn_lr else None
+        lr = float(self.log_lr.detach().exp()) if self.config.learn_lr else None
         return DistilledSet(self.images.detach().cpu(), self.labels.detach().cpu(), self.task.num_classes,
                             self.ipc, lr=lr)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": self.images.detach().cpu(), "labels": self.labels.detach().cpu(),
-                "log_lr": self.log_lr.detach().cpu(), "outer_opt": copy.deepcopy(self.outer_opt.state_dict()),  # a snapshot: torch shares the live tensors
-                "grad_norm_ema": self.grad_norm_ema,
-                "basis": None if self.basis is None else [t.detach().cpu() for t in self.basis]}
+        """A snapshot (copies, on the CPU): the run goes on updating its own tensors in place."""
+        state = {"images": self.images, "labels": self.labels, "log_lr": self.log_lr,
+                 "outer_opt": self.outer_opt.state_dict(), "grad_norm_ema": self.grad_norm_ema,
+                 "basis": None if self.basis is None else list(self.basis)}
+        return copy.deepcopy(torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), state))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():

@@ -252,3 +252,35 @@ def test_method_reaches_every_stage_and_resumes_exactly(digits):
     resumed.load_state_dict(saved)
     replay = [resumed.step(step)["window"] for step in range(6, 10)]
     assert replay == windows[6:]
+
+
+def test_hessian_is_reused_until_it_drifts_or_is_due():
+    """The refresh policy, on explicit matrices standing in for the inner loss's Hessian."""
+    from methods.at_bptt import ATBPTTConfig
+
+    torch.manual_seed(0)
+    n = 12
+    Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64)).Q
+    spectrum = torch.tensor([5.0, -4.0, 3.0, 2.0] + [1e-4] * (n - 4), dtype=torch.float64)  # rank 4, nearly
+    H1 = (Q * spectrum) @ Q.T
+    Q2 = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64)).Q
+    H2 = (Q2 * spectrum) @ Q2.T
+    params = (torch.zeros(n, dtype=torch.float64),)
+
+    def hvp_of(H):
+        return lambda vecs: (H @ vecs[0],)
+
+    v = (torch.randn(n, dtype=torch.float64),)
+    hessian = LowRankHessian(ATBPTTConfig(hessian_rank=4, hessian_refresh=100, hessian_drift=0.1), seed=0)
+    hessian.for_step(0)(5, params, v, hvp_of(H1))
+    assert hessian.builds == 1
+    hessian.for_step(1)(5, params, v, hvp_of(H1))  # same Hessian: no drift, kept
+    assert hessian.builds == 1 and hessian.last_drift < 1e-3
+    hessian.for_step(2)(5, params, v, hvp_of(H2))  # another Hessian: drifted, rebuilt
+    assert hessian.builds == 2 and hessian.last_drift > 0.1
+    due = LowRankHessian(ATBPTTConfig(hessian_rank=4, hessian_refresh=2, hessian_drift=None), seed=0)
+    for step in range(5):
+        curvature = due.for_step(step)
+        curvature(5, params, v, hvp_of(H1))
+        curvature(4, params, v, hvp_of(H1))  # later steps of the same window reuse it
+    assert due.builds == 3  # outer steps 0, 2, 4

@@ -120,7 +120,7 @@ def test_atomic_torch_save_failure_keeps_the_old_file(failure, tmp_path, monkeyp
     if failure == "save":
         monkeypatch.setattr(method_module.torch, "save", half_save)
     else:
-        monkeypatch.setattr(method_module.os, "replace", boom)
+        monkeypatch.setattr(records.os, "replace", boom)
     with pytest.raises(OSError):
         atomic_torch_save({"step": 2, "t": torch.arange(1000)}, path)
     assert path.read_bytes() == old
