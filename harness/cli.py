@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -114,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         print("ddbench: interrupted; run the same command again to resume from the last checkpoint",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which closed early: not an error of ddbench's.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -430,6 +430,7 @@ def meta_gradient(
     curvature: Curvature | None = None,
     channels_last: bool = False,
     steps_factory: StepsFactory | None = None,
+    offload_snapshots: bool = False,
 ) -> MetaGradient:
     """The meta-gradient of the real-batch loss after ``len(schedule)`` inner steps.
 
@@ -453,6 +454,7 @@ def meta_gradient(
         channels_last: feed the network channels-last batches (a layout change; same numbers).
         steps_factory: builds the :class:`UnrollSteps` (default: eager); ``harness.cudagraphs``
             passes one that replays captured CUDA graphs.
+        offload_snapshots: recompute mode: keep the window's snapshots in host memory.
     """
     n_steps = len(schedule)
     if not 1 <= window <= n_steps:
@@ -471,8 +473,11 @@ def meta_gradient(
         losses.append(loss)
         norms.append(norm)
 
-    window_fn = _window_full if mode == "full" else _window_recompute
-    outer, final = window_fn(steps, carry, start, real_x, real_y, real_chunk, losses, norms)
+    if mode == "full":
+        outer, final = _window_full(steps, carry, start, real_x, real_y, real_chunk, losses, norms)
+    else:
+        outer, final = _window_recompute(steps, carry, start, real_x, real_y, real_chunk, losses, norms,
+                                         offload_snapshots)
     return MetaGradient(outer_loss=outer[0], outer_accuracy=outer[1], images=steps.grads["images"],
                         labels=steps.grads["labels"], lr=steps.grads["lr"], inner_losses=torch.stack(losses),
                         grad_norms=torch.stack(norms), final_params=final)
@@ -515,18 +520,36 @@ def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses
     return (loss, acc), final
 
 
-def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):
-    """Snapshots forward, then one step's graph at a time backward (memory flat in the window)."""
+def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, offload=False):
+    """Snapshots forward, then one step's graph at a time backward (memory flat in the window).
+
+    With ``offload`` the snapshots wait in pinned host memory (CUDA): device memory is then
+    independent of the window, not just nearly so (a snapshot is params + optimizer state).
+    """
     snapshots = []
     for t in range(start, len(steps.schedule)):
-        snapshots.append(carry)
+        snapshots.append(_to_host(carry) if offload else carry)
         carry, loss, norm = steps.forward(t, carry)
         losses.append(loss)
         norms.append(norm)
     final = steps.params(carry)
+    device = final[0].device
     loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
     adjoint = steps.final_adjoint(adj_params)
     for offset in reversed(range(len(snapshots))):
         snapshot, snapshots[offset] = snapshots[offset], None  # free each snapshot once used
+        if offload:
+            snapshot = (snapshot[0].to(device, non_blocking=True),
+                        tuple(a.to(device, non_blocking=True) for a in snapshot[1]))
         adjoint = steps.reverse(start + offset, snapshot, adjoint)
     return (loss, acc), final
+
+
+def _to_host(carry: Carry) -> Carry:
+    """A copy of ``carry`` in (pinned, where CUDA is up) host memory; asynchronous on CUDA."""
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        if t.device.type == "cpu":
+            return t
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
+    return copy(carry[0]), tuple(copy(a) for a in carry[1])

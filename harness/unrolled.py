@@ -44,6 +44,8 @@ class EngineConfig(BaseModel):
     cuda_graphs: bool = Field(True, description="recompute mode on CUDA: replay the steps as captured CUDA graphs")
     tf32: bool = Field(False, description="CUDA: TF32 matmuls/convolutions (faster, ~1e-3 relative error)")
     channels_last: bool = Field(False, description="feed the network channels-last batches (same numbers)")
+    offload_snapshots: bool = Field(True, description="recompute mode on CUDA: keep the window's (params, state) "
+                                                      "snapshots in pinned host memory, so device memory is flat in M")
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
@@ -253,7 +255,8 @@ class UnrolledMethod(Method):
             result = meta_gradient(
                 self.model, self.model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
                 window, real_x, real_y, mode=engine.mode, real_chunk=engine.real_chunk, curvature=curvature,
-                channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None)
+                channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None,
+                offload_snapshots=engine.offload_snapshots and task.device.type == "cuda")
         return result, {"unroll": n_steps, "window": window}
 
     def _real_batch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

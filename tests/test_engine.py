@@ -296,3 +296,15 @@ def test_window_out_of_range_is_rejected():
     for window in (0, len(schedule) + 1):
         with pytest.raises(ValueError, match="window"):
             meta_gradient(model, model.parameters(), opt, lr, images, labels, schedule, window, real_x, real_y)
+
+
+def test_offloaded_snapshots_give_the_same_meta_gradient():
+    """Snapshots kept in host memory (a no-op copy on a CPU run, a real one on CUDA) change nothing."""
+    net, images, labels, lr, schedule, real_x, real_y = make_problem()
+    model = FunctionalModel(net)
+    opt = make_inner_optimizer(OPTIMIZERS["adam"])
+    args = (model, model.parameters(), opt, lr, images, labels, schedule, 5, real_x, real_y)
+    plain = meta_gradient(*args, mode="recompute")
+    offloaded = meta_gradient(*args, mode="recompute", offload_snapshots=True)
+    for key in ("images", "labels", "lr"):
+        assert torch.equal(getattr(offloaded, key), getattr(plain, key))
