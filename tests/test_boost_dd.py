@@ -276,23 +276,18 @@ augment = { ops = [] }
 enabled = true
 draws = 1
 models = 1
+[method_defaults]  # reach rat_bptt directly and boost_dd's base through base_config
+real_batch = 128
+outer_lr = 0.01
+init = "real"
+inner = { name = "adam", lr = 0.01 }
 [methods.rat_bptt]
 unroll = 4
 window = 2
-real_batch = 128
-outer_lr = 0.01
-init = "real"
-inner = { name = "adam", lr = 0.01 }
 [methods.boost_dd]
 block_ipc = 1
 beta = 0.1
-[methods.boost_dd.base_config]
-unroll = 4
-window = 2
-real_batch = 128
-outer_lr = 0.01
-init = "real"
-inner = { name = "adam", lr = 0.01 }
+base_config = { unroll = 4, window = 2 }
 """
 
 
@@ -318,6 +313,8 @@ def test_digits_suite_end_to_end_with_subset_curves(tmp_path):
     assert boosted["distill"]["method_summary"] == {"base": "rat_bptt", "blocks": 2, "block_ipc": 1, "beta": 0.1,
                                                      "budget": "split", "steps_per_block": [2, 2]}
     assert [h["block"] for h in boosted["distill"]["history"]] == [0, 0, 1, 1]
+    base_config = boosted["method_config"]["base_config"]  # [method_defaults] reached the base
+    assert (base_config["real_batch"], base_config["init"], base_config["outer_lr"]) == (128, "real", 0.01)
     for r in records.values():
         assert r["status"] == "ok" and 0.1 < r["eval"]["accuracy_mean"] <= 1
     curve = boosted["subset_curve"]["curve"]
