@@ -10,8 +10,10 @@ one launch per step instead of hundreds.
 A captured graph reads and writes fixed addresses, so every call copies its inputs (carry,
 batch indices, augmentation matrices, adjoint) into *static* buffers, replays, and copies the
 outputs out. The synthetic images, labels and learning rate are copied in once per outer step.
-The graphs live in a :class:`StepGraphs` cache that outlives one meta-gradient, so capture
-(a few warm-up calls and a recording) is paid once per run.
+The graphs live in a :class:`StepGraphs` cache that outlives one meta-gradient, keyed by the
+network and optimizer objects and every shape, so capture (a few warm-up calls and a
+recording) is paid once per run as long as the caller reuses its network and optimizer (the
+``UnrolledMethod`` outer loop does).
 
 ``capture=False`` runs the very same static-buffer plumbing without CUDA graphs (calling the
 bodies directly): that is how the CPU tests check that the plumbing is exact. Not captured:
@@ -40,23 +42,26 @@ class _Graph:
     def run(self, capture: bool, warmup: int) -> tuple:
         if not capture:
             return self.body(*self.static_in)
-        if self.graph is None:
-            self._capture(warmup)
-        self.graph.replay()
+        with torch.cuda.device(self.static_in[0].device):  # the buffers' device, not the current one
+            if self.graph is None:
+                self._capture(warmup)
+            self.graph.replay()
         return self.static_out
 
     def _capture(self, warmup: int) -> None:
         # Warm up on a side stream (cuDNN/cuBLAS pick their kernels, lazy state is created),
-        # then record; the recording's outputs become the static outputs.
+        # then record; the recording's outputs become the static outputs. The graph is kept
+        # only once its capture succeeded.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(warmup):
                 self.body(*self.static_in)
         torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_out = self.body(*self.static_in)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.body(*self.static_in)
+        self.graph, self.static_out = graph, out
 
 
 def _static_like(x: Any) -> Any:
@@ -97,15 +102,17 @@ class StepGraphs:
             isinstance(lr, torch.Tensor), steps.learn_images, steps.learn_labels, steps.learn_lr, steps.channels_last,
         )
         if key not in self._entries:
-            lr_static = _static_like(lr) if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=flat.dtype,
-                                                                                            device=flat.device)
             shared = [_static_like(idx), _static_like(theta), _static_like(steps.images.detach()),
-                      _static_like(steps.labels.detach()), lr_static.detach()]
+                      _static_like(steps.labels.detach()), _static_like(steps.lr_tensor(flat))]
             fwd_in = [_static_like(flat), tuple(_static_like(a) for a in aux), *shared]
             rev_in = [_static_like(flat), fwd_in[1], *shared, torch.zeros_like(flat)]
             self._entries[key] = {"forward": _Graph(steps.forward_body, fwd_in),
                                   "reverse": _Graph(steps.reverse_body, rev_in)}
-        return self._entries[key]
+        entry = self._entries[key]
+        # Bind the bodies to this outer step's steps object: a captured graph no longer calls
+        # them, but the uncaptured path does, and the previous one can then be freed.
+        entry["forward"].body, entry["reverse"].body = steps.forward_body, steps.reverse_body
+        return entry
 
 
 class GraphedSteps(UnrollSteps):
@@ -124,9 +131,13 @@ class GraphedSteps(UnrollSteps):
         self._entry = self.graphs.entry(self, carry)
         # This outer step's data, copied once into the buffers both graphs read.
         fwd = self._entry["forward"].static_in
-        lr = self.lr if isinstance(self.lr, torch.Tensor) else torch.tensor(self.lr)
-        _copy_in(fwd[4:7], [self.images.detach(), self.labels.detach(), lr.detach()])
+        _copy_in(fwd[4:7], [self.images.detach(), self.labels.detach(), self.lr_tensor(carry[0])])
         return carry
+
+    def lr_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """The inner lr as a detached tensor on ``like``'s device (the graphs read a buffer)."""
+        lr = self.lr.detach() if isinstance(self.lr, torch.Tensor) else self.lr
+        return torch.as_tensor(lr, dtype=like.dtype, device=like.device)
 
     def forward(self, t: int, carry: Carry) -> tuple[Carry, torch.Tensor, torch.Tensor]:
         graph = self._entry["forward"]
@@ -143,4 +154,4 @@ class GraphedSteps(UnrollSteps):
         _copy_in(list(graph.static_in[1]), list(carry[1]))
         adjoint, *data_grads = graph.run(self.graphs.capture, self.graphs.warmup)
         self._accumulate(idx, data_grads)
-        return adjoint
+        return adjoint.clone()  # the graph's own output buffer is overwritten by the next replay

@@ -103,10 +103,6 @@ class InnerSchedule:
             x = apply_affine(x, self.affine[t])
         return x, labels[idx]
 
-    def slice(self, start: int, stop: int) -> "InnerSchedule":
-        affine = None if self.affine is None else self.affine[start:stop]
-        return InnerSchedule(self.indices[start:stop], affine)
-
 
 def class_balanced_schedule(
     n_steps: int,
@@ -275,7 +271,8 @@ class UnrollSteps:
         return tuple(p.detach() for p in self.layout.unpack(*carry)[0])
 
     def final_adjoint(self, adj_params: Params) -> torch.Tensor:
-        """The adjoint of the last carry: the outer loss reads the params, not the optimizer state."""
+        """A carry-shaped adjoint from a params-shaped one, zero for the optimizer state (as for the
+        last carry: the outer loss reads the params, not the optimizer state)."""
         state_size = sum(self.layout.sizes[self.layout.n_params:])
         return torch.cat([a.reshape(-1) for a in adj_params] + [adj_params[0].new_zeros(state_size)])
 
@@ -344,8 +341,7 @@ class UnrollSteps:
                         params))
 
                 approx = self.curvature(t, tuple(p.detach() for p in params), tuple(adj_g), hvp)
-                adj_flat = adj_flat + torch.cat([h.reshape(-1) for h in approx] + [
-                    adj_flat.new_zeros(adj_flat.numel() - sum(self.layout.sizes[: self.layout.n_params]))])
+                adj_flat = adj_flat + self.final_adjoint(approx)  # H v enters the params' part only
                 data_leaves = data[: int(self.learn_images) + int(self.learn_labels)]
                 if data_leaves:
                     mixed = torch.autograd.grad(g, data_leaves, grad_outputs=adj_g, allow_unused=True)

@@ -58,9 +58,16 @@ class TensorMemoryMeter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {id(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        input_ids = {id(t) for t in inputs}
+        input_storages = {t.untyped_storage().data_ptr() for t in inputs if t.device.type != "meta"}
         for leaf in tree_flatten(out)[0]:
-            # An op that returns one of its inputs (in-place ops, out=) allocates nothing new.
-            if isinstance(leaf, torch.Tensor) and id(leaf) not in inputs:
-                self._track(leaf)
+            # An op that returns one of its inputs (in-place ops, out=) allocates nothing new,
+            # and neither does a view (slice, detach) of a tensor from before the region.
+            if not isinstance(leaf, torch.Tensor) or id(leaf) in input_ids:
+                continue
+            key = leaf.untyped_storage().data_ptr() if leaf.device.type != "meta" else None
+            if key in input_storages and key not in self._refs:
+                continue
+            self._track(leaf)
         return out

@@ -141,6 +141,11 @@ def _factorize(images: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Ten
     return coeffs.contiguous().requires_grad_(), Vh[:rank].to(images.dtype).contiguous().requires_grad_()
 
 
+def uniform_unroll(low: int, high: int, gen: torch.Generator) -> int:
+    """An unroll length drawn uniformly from [low, high] (RaT-BPTT's draw)."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
 def check_window(window: int, unroll: int, window_name: str = "window", unroll_name: str = "unroll") -> None:
     if window < 1:
         raise ValueError(f"{window_name} must be >= 1, got {window}")
@@ -242,10 +247,7 @@ class UnrolledMethod(Method):
         n_steps, window = self.plan(step, gen)
         check_window(window, n_steps)
         reinitialize(self.model.module, step_seed(task.seed, step, STREAM_NET_INIT))
-        schedule = class_balanced_schedule(
-            n_steps, task.num_classes, self.ipc, per_class=cfg.batch_per_class,
-            classes_per_step=cfg.classes_per_step, generator=gen, device=task.device,
-            augment=cfg.syn_augment, image_size=task.image_shape[-1])
+        schedule = self.schedule(n_steps, gen)
         real_x, real_y = self._real_batch(gen)
         self.lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
         curvature = self.curvature(step)
@@ -258,6 +260,14 @@ class UnrolledMethod(Method):
                 channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None,
                 offload_snapshots=engine.offload_snapshots and task.device.type == "cuda")
         return result, {"unroll": n_steps, "window": window}
+
+    def schedule(self, n_steps: int, gen: torch.Generator):
+        """The synthetic mini-batches (and augmentations) of ``n_steps`` inner steps, drawn from ``gen``."""
+        cfg, task = self.config, self.task
+        return class_balanced_schedule(
+            n_steps, task.num_classes, self.ipc, per_class=cfg.batch_per_class,
+            classes_per_step=cfg.classes_per_step, generator=gen, device=task.device,
+            augment=cfg.syn_augment, image_size=task.image_shape[-1])
 
     def _real_batch(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         data = self.task.data

@@ -8,8 +8,9 @@ learning dynamics instead of RaT-BPTT's uniform draw. Every component can be swi
    steps). Steps never visited yet, and every ``full_probe_every`` outer steps all steps, are
    filled by a plain T-step trajectory without a graph.
 2. **Three stages.** The window start t is drawn with P(t) ~ exp(||g_t|| / tau) early (where
-   the network learns fast), uniformly in the middle (exactly RaT-BPTT's draw), and with
-   P(t) ~ exp(-||g_t|| / tau) late. The stage moves forward when the outer accuracy (of the
+   the network learns fast), uniformly in the middle, and with
+   P(t) ~ exp(-||g_t|| / tau) late (with the adaptive window off, the middle stage's draw is
+   exactly RaT-BPTT's). The stage moves forward when the outer accuracy (of the
    inner-trained network on the real batch, averaged over an outer epoch) gains less than
    ``gain_threshold`` points for ``patience_fraction`` of the epochs in a row, or at fixed
    outer-step fractions (``stage_switch = "steps"``). The public code compares an int
@@ -48,12 +49,12 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from harness.engine import MetaGradient, class_balanced_schedule, trajectory_grad_norms
+from harness.engine import MetaGradient, trajectory_grad_norms
 from harness.lowrank import LowRank, randomized_eigh
 from harness.method import STREAM_PROBE, STREAM_SKETCH, step_seed
 from harness.models import reinitialize
 from harness.registry import register_method
-from harness.unrolled import EngineConfig, UnrollConfig, UnrolledMethod, check_window
+from harness.unrolled import EngineConfig, UnrollConfig, UnrolledMethod, check_window, uniform_unroll
 
 EARLY, MIDDLE, LATE = 0, 1, 2
 STAGE_NAMES = ("early", "middle", "late")
@@ -150,12 +151,12 @@ class StageTracker:
     """The current stage; moves forward only (early -> middle -> late)."""
 
     switch: str
-    total_steps: int
     steps_per_epoch: int
     threshold: float
     patience: int  # epochs in a row below the threshold
-    boundaries: tuple[int, int]  # outer steps (switch="steps")
+    boundaries: tuple[int, int]  # outer steps of this run (switch="steps")
     stage: int = EARLY
+    seen: int = 0  # outer steps observed: a run may number its steps from elsewhere (Boost-DD's blocks)
     epoch_accs: list[float] = field(default_factory=list)
     last_epoch_acc: float | None = None
     below: int = 0
@@ -163,8 +164,9 @@ class StageTracker:
 
     def update(self, step: int, accuracy: float) -> None:
         """Record outer step ``step``'s accuracy (in [0, 1]); may advance the stage for the next step."""
+        self.seen += 1
         if self.switch == "steps":
-            target = EARLY if step + 1 < self.boundaries[0] else MIDDLE if step + 1 < self.boundaries[1] else LATE
+            target = EARLY if self.seen < self.boundaries[0] else MIDDLE if self.seen < self.boundaries[1] else LATE
             while self.stage < target:
                 self._advance(step + 1)
             return
@@ -185,8 +187,8 @@ class StageTracker:
         self.below = 0
 
     def state_dict(self) -> dict:
-        return copy.deepcopy({k: getattr(self, k) for k in ("stage", "epoch_accs", "last_epoch_acc", "below",
-                                                            "switched_at")})
+        return copy.deepcopy({k: getattr(self, k) for k in ("stage", "seen", "epoch_accs", "last_epoch_acc",
+                                                            "below", "switched_at")})
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
@@ -284,7 +286,7 @@ class ATBPTT(UnrolledMethod):
         per_epoch = cfg.steps_per_epoch or max(1, math.ceil(task.data.train_x.shape[0] / cfg.real_batch))
         epochs = max(1, math.ceil(task.outer_steps / per_epoch))
         self.tracker = StageTracker(
-            switch=cfg.stage_switch, total_steps=task.outer_steps, steps_per_epoch=per_epoch,
+            switch=cfg.stage_switch, steps_per_epoch=per_epoch,
             threshold=cfg.gain_threshold, patience=max(1, math.ceil(cfg.patience_fraction * epochs)),
             boundaries=tuple(round(f * task.outer_steps) for f in cfg.stage_boundaries))
         self.norms = torch.full((cfg.unroll,), float("nan"), dtype=torch.float64)
@@ -296,14 +298,11 @@ class ATBPTT(UnrolledMethod):
     def plan(self, step: int, gen: torch.Generator) -> tuple[int, int]:
         cfg, stage = self.config, self.stage()
         if stage == MIDDLE and not cfg.adaptive_window:
-            # RaT-BPTT's own draw (same generator calls), so that with every switch off the
-            # two methods make the same draws.
-            n_steps = int(torch.randint(cfg.window, cfg.unroll + 1, (1,), generator=gen))
-            return n_steps, cfg.window
-        if stage != MIDDLE or cfg.adaptive_window:
-            self._ensure_probe(step)
+            # RaT-BPTT's own draw, so that with every switch off the two methods make the same draws.
+            return uniform_unroll(cfg.window, cfg.unroll, gen), cfg.window
+        self._ensure_probe(step)
         if stage == MIDDLE:
-            start = int(torch.randint(0, cfg.unroll - cfg.window + 1, (1,), generator=gen))
+            start = uniform_unroll(cfg.window, cfg.unroll, gen) - cfg.window
         else:
             start = int(torch.multinomial(position_probs(self.norms, stage, cfg.tau), 1, generator=gen))
         window = cfg.window
@@ -319,15 +318,11 @@ class ATBPTT(UnrolledMethod):
         due = cfg.full_probe_every is not None and step % cfg.full_probe_every == 0
         if not (due or torch.isnan(self.norms).any()):
             return
-        task = self.task
-        gen = torch.Generator().manual_seed(step_seed(task.seed, step, STREAM_PROBE))
-        reinitialize(self.model.module, step_seed(task.seed, step, STREAM_PROBE + 100))
-        schedule = class_balanced_schedule(
-            cfg.unroll, task.num_classes, self.ipc, per_class=cfg.batch_per_class,
-            classes_per_step=cfg.classes_per_step, generator=gen, device=task.device,
-            augment=cfg.syn_augment, image_size=task.image_shape[-1])
+        gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, STREAM_PROBE))
+        reinitialize(self.model.module, step_seed(self.task.seed, step, STREAM_PROBE + 100))
         norms = trajectory_grad_norms(self.model, self.model.parameters(), self.optimizer,
-                                      float(self.log_lr.detach().exp()), self.images, self.labels, schedule)
+                                      float(self.log_lr.detach().exp()), self.images, self.labels,
+                                      self.schedule(cfg.unroll, gen))
         self.norms = norms.double().cpu()
 
     def curvature(self, step: int):

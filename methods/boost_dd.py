@@ -172,12 +172,17 @@ class BoostDD(Method):
         self.block = k
         self.base.setup(replace(self.task, ipc=n, outer_steps=self.steps[k]), initial=prefix, update_scale=scale)
 
-    def _fold_base(self) -> None:
-        """Write the base method's current rows back into the whole set."""
+    def _merged(self) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+        """The whole set with the base method's current rows written in (new tensors), and its lr."""
         current = self.base.distilled()
         rows = self._rows(current.ipc)
-        self.images, self.labels = self.images.clone(), self.labels.clone()
-        self.images[rows], self.labels[rows], self.lr = current.images, current.labels, current.lr
+        images, labels = self.images.clone(), self.labels.clone()
+        images[rows], labels[rows] = current.images, current.labels
+        return images, labels, current.lr
+
+    def _fold_base(self) -> None:
+        """Write the base method's current rows back into the whole set."""
+        self.images, self.labels, self.lr = self._merged()
 
     # ------------------------------------------------------------------ outer steps and results
 
@@ -188,12 +193,9 @@ class BoostDD(Method):
         return {**self.base.step(step), "block": self.block}
 
     def distilled(self) -> DistilledSet:
-        current = self.base.distilled()
-        rows = self._rows(current.ipc)
-        images, labels = self.images.clone(), self.labels.clone()
-        images[rows], labels[rows] = current.images, current.labels
+        images, labels, lr = self._merged()
         blocks = torch.arange(self.task.ipc).repeat(self.task.num_classes) // self.block_ipc
-        return DistilledSet(images, labels, self.task.num_classes, self.task.ipc, lr=current.lr, blocks=blocks)
+        return DistilledSet(images, labels, self.task.num_classes, self.task.ipc, lr=lr, blocks=blocks)
 
     def state_dict(self) -> dict[str, Any]:
         # The whole set as of the current block's start, plus the base's state within the block.

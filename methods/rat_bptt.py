@@ -7,11 +7,10 @@ Gaussian init) is the shared outer loop of ``harness.unrolled``. Defaults: CIFAR
 of the official code (T = 200, M = 60, inner and outer Adam at 1e-3, real batch 5000).
 """
 
-import torch
 from pydantic import model_validator
 
 from harness.registry import register_method
-from harness.unrolled import UnrollConfig, UnrolledMethod, check_window
+from harness.unrolled import UnrollConfig, UnrolledMethod, check_window, uniform_unroll
 
 
 class RaTBPTTConfig(UnrollConfig):
@@ -36,6 +35,4 @@ class RaTBPTT(UnrolledMethod):
 
     def plan(self, step, gen):
         cfg = self.config
-        low = cfg.min_unroll or cfg.window
-        n_steps = int(torch.randint(low, cfg.unroll + 1, (1,), generator=gen))
-        return n_steps, cfg.window
+        return uniform_unroll(cfg.min_unroll or cfg.window, cfg.unroll, gen), cfg.window
