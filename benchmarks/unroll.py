@@ -21,7 +21,8 @@ ratios against the baseline; ``--methods`` adds whole outer steps of registered 
 (e.g. ``rat_bptt,at_bptt``) at the same shapes. ``--check`` first compares every variant's
 meta-gradient with the baseline's on a short unroll in float64 (same init, same data).
 
-Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA. On CPU, where there is no
+Peak memory on CUDA is the caching allocator's reserved peak (it counts the private memory
+pools of captured graphs; the allocated peak is in the JSON too). On CPU, where there is no
 allocator counter, it is the exact peak of live tensor bytes created by one outer step
 (``harness.tensor_memory``), measured in a separate, untimed call.
 
@@ -88,6 +89,8 @@ class Problem:
         self.labels = torch.arange(s.classes).repeat_interleave(s.ipc).to(device)
         self.real_x = torch.randn(s.real_batch, s.channels, s.size, s.size, generator=gen, dtype=dtype).to(device)
         self.real_y = torch.randint(0, s.classes, (s.real_batch,), generator=gen).to(device)
+        self.functional: FunctionalModel | None = None  # built on first use by the ddbench variants
+        self.optimizer = None
 
     def network(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -121,11 +124,17 @@ def step_higher(p: Problem, window: int, seed: int = 0) -> torch.Tensor:
 
 
 def _ddbench(p: Problem, window: int, seed: int, mode: str, chunk: int | None, graphs: StepGraphs | None):
-    # eps_convention="higher": the same Adam formula as higher's, so --check compares exactly.
-    optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
-    model = FunctionalModel(p.network(seed))
+    # One network and optimizer per problem, re-initialised each call (as the outer loop of a
+    # method does): CUDA graphs are captured once for them and replayed on every later call.
+    if p.functional is None:
+        # eps_convention="higher": the same Adam formula as higher's, so --check compares exactly.
+        p.functional = FunctionalModel(p.network(seed))
+        p.optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
+    else:
+        p.functional.module.load_state_dict(p.network(seed).state_dict())
+    model = p.functional
     images = p.images.detach().requires_grad_()
-    result = meta_gradient(model, model.parameters(), optimizer, LR, images, p.labels, p.schedule(p.shapes.unroll),
+    result = meta_gradient(model, model.parameters(), p.optimizer, LR, images, p.labels, p.schedule(p.shapes.unroll),
                            window, p.real_x, p.real_y, mode=mode, real_chunk=chunk,
                            steps_factory=graphs.factory if graphs is not None else None,
                            offload_snapshots=mode == "recompute" and p.device.type == "cuda")
@@ -149,7 +158,7 @@ def variants(device: torch.device, shapes: Shapes) -> dict:
         "recompute": lambda p, m, seed=0: _ddbench(p, m, seed, "recompute", shapes.real_chunk, None),
     }
     if device.type == "cuda":
-        graphs = StepGraphs()  # captured on first use, replayed after (kept across windows: same shapes)
+        graphs = StepGraphs()  # captured on the first call, replayed after (the problem keeps its network)
         out["recompute+graphs"] = lambda p, m, seed=0: _ddbench(p, m, seed, "recompute", shapes.real_chunk, graphs)
     out["floor"] = step_floor
     return out
@@ -166,11 +175,17 @@ def _sync(device: torch.device) -> None:
 def measure(fn, steps: int, device: torch.device) -> dict:
     """Median and min seconds over ``steps`` calls after one warm-up call, and the peak memory.
 
-    CUDA: the allocator's peak over the timed calls. CPU: one more call under
-    :class:`TensorMemoryMeter` (exact peak of live tensor bytes; not timed, it slows ops down).
+    CUDA: the peak of the caching allocator's *reserved* memory over the timed calls, emptied
+    of other variants' blocks first: it includes the private pools of captured CUDA graphs,
+    which ``max_memory_allocated`` does not see (``peak_allocated_bytes`` is reported too).
+    CPU: one more call under :class:`TensorMemoryMeter` (exact peak of live tensor bytes; not
+    timed, it slows ops down).
     """
     fn()
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     with PeakMemory(device) as meter:
         for _ in range(steps):
@@ -178,12 +193,15 @@ def measure(fn, steps: int, device: torch.device) -> dict:
             fn()
             _sync(device)
             times.append(time.perf_counter() - t0)
-    peak = meter.peak_bytes
-    if device.type != "cuda":
+    stats = {"median_s": statistics.median(times), "min_s": min(times)}
+    if device.type == "cuda":
+        stats["peak_bytes"] = int(torch.cuda.max_memory_reserved(device))
+        stats["peak_allocated_bytes"] = int(meter.peak_bytes)
+    else:
         with TensorMemoryMeter() as tensors:
             fn()
-        peak = tensors.peak_bytes
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_bytes": int(peak)}
+        stats["peak_bytes"] = int(tensors.peak_bytes)
+    return stats
 
 
 def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> dict[str, float]:
@@ -308,11 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     body = [[r["window"], r["variant"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
              f"{r['speedup_vs_higher']:.2f}x" if "speedup_vs_higher" in r else "-",
              f"{r['memory_fraction_of_higher']:.3f}" if "memory_fraction_of_higher" in r else "-"] for r in rows]
-    memory_kind = "cuda_max_allocated" if device.type == "cuda" else TensorMemoryMeter.kind
+    memory_kind = "cuda_max_reserved" if device.type == "cuda" else TensorMemoryMeter.kind
     print(f"\n{hw['device_name']} ({device.type}), N = {shapes.unroll}, peak memory = {memory_kind}")
     print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
     if method_rows:
-        print("\nwhole outer steps of registered methods (recompute mode):")
+        print("\nwhole outer steps of registered methods:")
         base = method_rows[0]
         print(tabulate([[r["method"], r["mode"], r["window"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
                          f"{base['median_s'] / r['median_s']:.2f}x", f"{r['peak_bytes'] / max(base['peak_bytes'], 1):.3f}"]
@@ -321,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"speedup vs {base['method']}:{base['mode']}", "memory vs it"],
                        tablefmt="github", disable_numparse=True))
     if args.json:
-        payload = {"schema_version": 1, "benchmark": "unroll", "hardware": hw, "shapes": asdict(shapes),
+        payload = {"schema_version": 1, "kind": "ddbench.bench.unroll", "hardware": hw, "shapes": asdict(shapes),
                    "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "methods": method_rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")

@@ -42,7 +42,6 @@ import io
 import json
 import logging
 import os
-import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,13 +52,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, model_validator
-from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from harness.data import DatasetSplits
 from harness.method import atomic_torch_save, step_seed
 from harness.models import ModelConfig, create_model
 from harness.optim import InnerOptimizerConfig, make_torch_optimizer
+from harness.tables import check_format, latex_text, method_key, pooled, tabulate_rows
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,8 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 SCORE = ("test examples ordered by forgetting count over {epochs} per-epoch checkpoints, never learned hardest"
          "{tie}")
-_STREAM = 17  # step_seed stream of this analysis: independent of the runs' streams (0-3)
+# step_seed stream of this analysis: none of the runs' streams (harness.method: 0-5, STREAM_STEP .. STREAM_SKETCH).
+_STREAM = 17
 _INIT, _ORDER = 0, 1
 
 
@@ -362,11 +362,10 @@ def hardness_section(scores: HardnessScores, correct: torch.Tensor, model: Model
 def hardness_extension(ctx) -> dict[str, Any]:
     """``RECORD_EXTENSIONS`` entry: ``ctx`` is a ``harness.runner.CellContext``.
 
-    The config is ``ctx.cell.hardness`` when the cell has one (a ``HardnessConfig`` or a dict),
-    else the defaults; its ``model`` defaults to the cell's network.
+    The config is ``ctx.cell.hardness`` (a :class:`HardnessConfig`, ``harness.suite.Cell``) when
+    the cell has one, else the defaults; its ``model`` defaults to the cell's network.
     """
-    cfg = getattr(ctx.cell, "hardness", None)
-    cfg = HardnessConfig() if cfg is None else cfg if isinstance(cfg, HardnessConfig) else HardnessConfig(**cfg)
+    cfg = ctx.cell.hardness or HardnessConfig()
     if not cfg.enabled:
         return {"config": cfg.model_dump(mode="json"), "skipped": "disabled in the suite"}
     model = cfg.model or ctx.cell.model
@@ -397,8 +396,10 @@ def _bucket_accs(cell_records: list[dict], k: int) -> list[float]:
     return [a for r in cell_records for a in r["hardness"]["buckets"][k]["accuracy_per_model"]]
 
 
-def _pooled(values: list[float]) -> str:
-    return f"{100 * statistics.fmean(values):.2f}" if values else "-"
+def _mean_cell(values: list[float]) -> str:
+    """Mean (%) of pooled per-model accuracies, ``-`` when there are none."""
+    stats = pooled(values)
+    return "-" if stats is None else f"{100 * stats[0]:.2f}"
 
 
 def hardness_table(records: list[dict], fmt: str = "github") -> str:
@@ -406,9 +407,9 @@ def hardness_table(records: list[dict], fmt: str = "github") -> str:
 
     Per-model accuracies of every seed of a cell are pooled, as in ``harness.tables``. Records
     without a computed hardness section are skipped; ``csv`` gives one tidy row per bucket.
+    ``""`` when no record has a section (in every format).
     """
-    if fmt not in ("github", "latex", "csv"):
-        raise ValueError("format must be one of github, latex, csv")
+    check_format(fmt)
     groups: dict[tuple, dict[tuple[str, int], list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         section = r.get("hardness")
@@ -419,9 +420,11 @@ def hardness_table(records: list[dict], fmt: str = "github") -> str:
                        b.get("misclassified_min"), b.get("misclassified_max")) for b in section["buckets"])
         key = (r["dataset"], json.dumps(section.get("config"), sort_keys=True), shape)
         groups[key][(r["method"], r["ipc"])].append(r)
+    if not groups:
+        return ""
 
     def order(cell: tuple[str, int]) -> tuple:
-        return (cell[0] != "random_real", cell[0], cell[1])
+        return (*method_key(cell[0]), cell[1])
 
     if fmt == "csv":
         out = io.StringIO()
@@ -434,25 +437,27 @@ def hardness_table(records: list[dict], fmt: str = "github") -> str:
                 rs = cells[(method, ipc)]
                 for k, (label, lo, hi, never, n, *_) in enumerate(shape):
                     accs = _bucket_accs(rs, k)
+                    mean, std = pooled(accs)
                     writer.writerow({"dataset": dataset, "method": method, "ipc": ipc, "bucket": k, "label": label,
                                      "score_min": lo, "score_max": hi, "n_never_learned": never, "n": n,
-                                     "accuracy_mean": statistics.fmean(accs),
-                                     "accuracy_std": statistics.pstdev(accs) if len(accs) > 1 else 0.0,
+                                     "accuracy_mean": mean, "accuracy_std": std,
                                      "n_models": len(accs), "n_seeds": len(rs)})
         return out.getvalue()
 
     parts = []
     for (dataset, _, shape), cells in sorted(groups.items(), key=lambda g: g[0][:2]):
         first = next(iter(cells.values()))[0]["hardness"]
-        headers = ["method", "IPC", *(b["label"] for b in first["buckets"]), "all"]
+        headers = [latex_text(h, fmt) for h in ["method", "IPC", *(b["label"] for b in first["buckets"]), "all"]]
         rows = []
         for method, ipc in sorted(cells, key=order):
             rs = cells[(method, ipc)]
-            rows.append([method, str(ipc), *(_pooled(_bucket_accs(rs, k)) for k in range(len(shape))),
-                         _pooled([a for r in rs for a in r["eval"]["accuracy_per_model"]])])
+            rows.append([latex_text(method, fmt), str(ipc),
+                         *(_mean_cell(_bucket_accs(rs, k)) for k in range(len(shape))),
+                         _mean_cell([a for r in rs for a in r["eval"]["accuracy_per_model"]])])
         epochs = first["config"]["epochs"]
         notes = [f"{dataset}: test accuracy (%) per hardness bucket, pooled over models x seeds; {first['score']}",
                  *(_legend(b, epochs) for b in first["buckets"])]
-        table = tabulate(rows, headers=headers, tablefmt="latex_raw" if fmt == "latex" else fmt, disable_numparse=True)
-        parts += [notes[0], table, *notes[1:], ""] if fmt != "latex" else [*(f"% {t}" for t in notes), table, ""]
+        table = tabulate_rows(headers, rows, fmt)
+        parts += [notes[0], table, *notes[1:], ""] if fmt != "latex" else [
+            *(f"% {latex_text(t)}" for t in notes), table, ""]
     return "\n".join(parts).rstrip("\n")

@@ -43,6 +43,12 @@ class PeakMemory:
             self._thread.start()
         return self
 
+    def current_peak(self) -> int:
+        """The peak so far, while the region is still running (for checkpoints)."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return self.peak_bytes
+
     def __exit__(self, *exc) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import tempfile
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +21,7 @@ import torch
 from harness.errors import CheckpointError
 
 SCHEMA_VERSION = 1
+RECORD_KIND = "ddbench.run"  # a record's "kind"; other JSON files (benchmarks) carry their own
 REQUIRED_FIELDS = ("schema_version", "run_id", "suite", "dataset", "ipc", "method", "method_config", "seed", "eval",
                    "distill", "hardware", "started_at", "finished_at", "status")
 
@@ -110,11 +110,14 @@ def _is_number(x: Any) -> bool:
 
 def read_record(path: Path) -> dict[str, Any]:
     """A record, checked for the required fields; a bad file raises :class:`CheckpointError` naming it."""
+    return check_record(_load_json(Path(path)), path)
+
+
+def _load_json(path: Path) -> Any:
     try:
-        record = json.loads(Path(path).read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"unreadable run record ({err.__class__.__name__}: {err})", file=str(path)) from None
-    return check_record(record, path)
 
 
 def check_record(record: Any, path: Path | str) -> dict[str, Any]:
@@ -157,20 +160,18 @@ def check_record(record: Any, path: Path | str) -> dict[str, Any]:
 
 
 def iter_records(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every run record below ``root`` (files ``*.json`` holding a ``schema_version``), sorted by path.
+    """Every run record below ``root``, sorted by path: JSON objects with a ``schema_version`` and
+    no ``kind`` other than :data:`RECORD_KIND`.
 
-    Other JSON objects (a tool's own files) are skipped; a file that is not JSON at all, or a
-    record with a missing or malformed field, raises :class:`CheckpointError` naming it.
+    Other JSON files (a tool's own files, benchmark results with their own ``kind``) are skipped;
+    a file that is not JSON at all, or a record with a missing or malformed field, raises
+    :class:`CheckpointError` naming it.
     """
     for path in sorted(root.rglob("*.json")):
         if path.name.startswith(".") or not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"unreadable run record ({err.__class__.__name__}: {err})",
-                                  file=str(path)) from None
-        if isinstance(data, dict) and "schema_version" not in data:
+        data = _load_json(path)
+        if isinstance(data, dict) and ("schema_version" not in data or data.get("kind", RECORD_KIND) != RECORD_KIND):
             continue
         yield path, check_record(data, path)
 
@@ -178,7 +179,3 @@ def iter_records(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 def record_stem(suite: str, dataset: str, ipc: int, method: str, seed: int, run_id: str) -> str:
     """Where a cell's files live, relative to the output folder (without the extension)."""
     return f"{suite}/{dataset}/ipc{ipc}/{method}/seed{seed}-{run_id}"
-
-
-def environment_summary() -> str:
-    return f"python {sys.version.split()[0]}, torch {torch.__version__}"

@@ -7,8 +7,10 @@ For each cell (dataset, ipc, method, seed) the runner
    id exists, restores it and continues from its step;
 3. runs outer steps until the budget (steps, and optionally minutes) is spent, saving a
    checkpoint every ``budget.checkpoint_minutes``; measures wall-clock and peak memory;
-4. saves the distilled set, evaluates it, and writes the JSON record, both atomically;
-   then deletes the checkpoint.
+4. checkpoints the finished distillation (an interruption from here on resumes at the
+   evaluation), evaluates the distilled set and runs the record extensions (hardness, subset
+   curves), then saves the distilled set and writes the JSON record, both atomically, and
+   deletes the checkpoint.
 
 Files of a cell, under the output folder: ``SUITE/DATASET/ipcK/METHOD/seedS-RUNID.json``
 (the record), ``.distilled.pt`` beside it, and ``.ckpt.pt`` while it runs.
@@ -34,16 +36,16 @@ from harness.hardness import hardness_extension
 from harness.memory import PeakMemory
 from harness.models import create_model
 from harness.method import DistilledSet, DistillTask, atomic_torch_save
-from harness.records import (SCHEMA_VERSION, hardware_info, now_iso, read_record, record_stem,
+from harness.records import (RECORD_KIND, SCHEMA_VERSION, hardware_info, now_iso, read_record, record_stem,
                              write_json_atomic)
-from harness.registry import create_method
+from harness.registry import method_class
 from harness.subsets import subset_extension
-from harness.suite import Cell, Suite
+from harness.suite import Cell, Suite, dataset_error_field
 
 log = logging.getLogger("ddbench")
 
-# Extra evaluations of a distilled set, each adding a section to the record: name -> function.
-# (A hook so that later analyses, e.g. subset curves, plug in without changing the runner.)
+# Analyses of a distilled set, each adding a section (its name) to the record; a new analysis
+# registers here without other changes to the runner.
 RecordExtension = Callable[["CellContext"], dict[str, Any]]
 RECORD_EXTENSIONS: dict[str, RecordExtension] = {"hardness": hardness_extension, "subset_curve": subset_extension}
 
@@ -128,12 +130,16 @@ def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, pro
             try:
                 datasets[name] = load_dataset(cell.dataset).to(device, dtype)
             except DDBenchError as err:
-                field = "grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}"
-                raise err.at(field).located(file=str(suite.path)) from None
+                raise err.at(dataset_error_field(name, err)).located(file=str(suite.path)) from None
         _check_cell(suite, cell, datasets[name], device, dtype)
     for cell in pending:
         run_cell(cell, datasets[cell.dataset.name], device, dtype, out_dir, progress)
     return written
+
+
+def _method(cell: Cell):
+    """The cell's method, built from its already validated config."""
+    return method_class(cell.method)(cell.method_config)
 
 
 def _task(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype) -> DistillTask:
@@ -146,18 +152,22 @@ def _check_cell(suite: Suite, cell: Cell, data: DatasetSplits, device: torch.dev
     this dataset (a ConvNet too deep for the image size, more images per class than the data
     has) is reported before any cell writes a file."""
     where = f"{cell.dataset.name} IPC {cell.ipc}"
+    networks = [("model", cell.model)]
     if cell.eval.model is not None:
+        networks.append(("eval.model", cell.eval.model))
+    if cell.hardness is not None and cell.hardness.enabled and cell.hardness.model is not None:
+        networks.append(("hardness.model", cell.hardness.model))
+    if cell.subsets is not None and cell.subsets.enabled and cell.subsets.protocol is not None \
+            and cell.subsets.protocol.model is not None:
+        networks.append(("subsets.protocol.model", cell.subsets.protocol.model))
+    for field, model in networks:
         try:
-            create_model(cell.eval.model, data.image_shape, data.num_classes)
+            create_model(model, data.image_shape, data.num_classes)
         except ValueError as err:
-            raise ConfigError(f"{where}: {err}", file=str(suite.path), field="eval.model") from None
-    try:
-        create_model(cell.model, data.image_shape, data.num_classes)
-    except ValueError as err:
-        raise ConfigError(f"{where}: {err}", file=str(suite.path), field="model") from None
+            raise ConfigError(f"{where}: {err}", file=str(suite.path), field=field) from None
     label = f"methods.{cell.method_label}"
     try:
-        create_method(cell.method, **cell.method_config.model_dump()).setup(_task(cell, data, device, dtype))
+        _method(cell).setup(_task(cell, data, device, dtype))
     except DDBenchError as err:  # a method's own config check that needs the task (its field named)
         raise ConfigError(f"{where}: {err.message}", file=str(suite.path),
                           field=f"{label}.{err.field}" if err.field else label) from None
@@ -171,7 +181,7 @@ CHECKPOINT_KEYS = ("run_id", "step", "method_state", "elapsed_s", "peak_memory_b
 
 def _load_checkpoint(path: Path, run_id: str) -> dict[str, Any]:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no pickled code
     except Exception as err:  # torch raises many types for a damaged file
         raise CheckpointError(f"corrupt checkpoint ({err.__class__.__name__}); delete it to start the cell over",
                               file=str(path)) from None
@@ -188,7 +198,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
     """Distil, evaluate and record one cell (resuming from its checkpoint if there is one)."""
     paths = cell_paths(out_dir, cell)
     task = _task(cell, data, device, dtype)
-    method = create_method(cell.method, **cell.method_config.model_dump())
+    method = _method(cell)
     method.setup(task)
     total_steps = method.outer_steps(task)
 
@@ -229,7 +239,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
                     history.append(_json_safe({"step": step, **metrics}))
                 bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if k in ("outer_loss", "outer_acc")})
                 if time.perf_counter() - last_ckpt > cell.checkpoint_minutes * 60:
-                    peak = max(peak, meter.peak_bytes)
+                    peak = max(peak, meter.current_peak())
                     save_checkpoint(step + 1)
                     last_ckpt = time.perf_counter()
             else:
@@ -238,19 +248,21 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
             bar.close()
     peak = max(peak, meter.peak_bytes)
     steps_done = step if stopped_by == "minutes" else total_steps
+    if steps_done > start:  # the distillation is done: an interruption from here resumes at the evaluation
+        save_checkpoint(steps_done)
 
     distilled = method.distilled()
     distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name})
     result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype,
                       progress=progress, desc=f"{desc} eval")
-    # Saved once evaluated: an evaluation that fails leaves no distilled set without a record.
-    distilled.save(paths["distilled"])
     ctx = CellContext(cell, data, distilled, result, device, dtype, out_dir, progress)
     extensions = {name: _json_safe(fn(ctx)) for name, fn in RECORD_EXTENSIONS.items()}
 
     record = {
         "schema_version": SCHEMA_VERSION,
+        "kind": RECORD_KIND,
         "run_id": cell.run_id,
+        "config_id": cell.config_id,
         "suite": cell.suite,
         "dataset": cell.dataset.name,
         "dataset_config": cell.dataset.model_dump(mode="json"),
@@ -286,6 +298,8 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
         "finished_at": now_iso(),
         "status": "ok",
     }
+    # The distilled set just before its record: a failure before this point leaves neither.
+    distilled.save(paths["distilled"])
     write_json_atomic(paths["record"], record)
     paths["checkpoint"].unlink(missing_ok=True)
     log.info("%s: %.2f%% +- %.2f", desc, 100 * result.accuracy_mean, 100 * result.accuracy_std)

@@ -20,24 +20,24 @@ from __future__ import annotations
 
 import csv
 import io
-import statistics
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
-from tabulate import tabulate
 from tqdm.auto import tqdm
 
 from harness.data import DatasetSplits
 from harness.evaluation import EvalProtocol, evaluate
 from harness.method import DistilledSet
 from harness.models import ModelConfig
+from harness.tables import BASELINE, check_format, latex_text, pm, pooled, tabulate_rows
 
-FORMATS = ("github", "latex", "csv")
-BASELINE = "random_real"
-_STREAM = 23  # seed stream of the random draws: independent of the runs' streams (0-3) and hardness (17)
+# Tags the random draws' SeedSequence [seed, 23, cfg.seed, size, draw]: 23 is none of the runs' streams
+# (harness.method: 0-5, STREAM_STEP .. STREAM_SKETCH) nor hardness's (17), and the entropy has five
+# words where step_seed's [seed, step, stream] has three.
+_STREAM = 23
 
 
 class SubsetEvalConfig(BaseModel):
@@ -141,12 +141,11 @@ def subset_curve(distilled: DistilledSet, data: DatasetSplits, protocol: EvalPro
 def subset_extension(ctx) -> dict[str, Any]:
     """``RECORD_EXTENSIONS`` entry (``ctx``: a ``harness.runner.CellContext``): the record's subset curve.
 
-    The config is ``ctx.cell.subsets`` when the cell has one (a :class:`SubsetEvalConfig` or a
-    dict), else the defaults (disabled). The curve's last entry, kind ``full``, is the whole set
-    as the record's own evaluation measured it (the run's protocol).
+    The config is ``ctx.cell.subsets`` (a :class:`SubsetEvalConfig`, ``harness.suite.Cell``) when
+    the cell has one, else the defaults (disabled). The curve's last entry, kind ``full``, is the
+    whole set as the record's own evaluation measured it (the run's protocol).
     """
-    cfg = getattr(ctx.cell, "subsets", None)
-    cfg = SubsetEvalConfig() if cfg is None else cfg if isinstance(cfg, SubsetEvalConfig) else SubsetEvalConfig(**cfg)
+    cfg = ctx.cell.subsets or SubsetEvalConfig()
     if not cfg.enabled:
         return {"config": cfg.model_dump(mode="json"), "skipped": "disabled in the suite"}
     d = ctx.distilled
@@ -163,18 +162,11 @@ def subset_extension(ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- table
 
 
-def _pooled(values: list[float]) -> tuple[float, float] | None:
-    if not values:
-        return None
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
 def _cell(values: list[float], fmt: str) -> str:
-    stats = _pooled(values)
+    stats = pooled(values)
     if stats is None:
         return "-"
-    pm = r" $\pm$ " if fmt == "latex" else " ± "
-    return f"{100 * stats[0]:.2f}{pm}{100 * stats[1]:.2f}"
+    return f"{100 * stats[0]:.2f}{pm(fmt)}{100 * stats[1]:.2f}"
 
 
 def _subset_series(curve_records: list[dict]) -> dict[str, dict[int, list[float]]]:
@@ -191,6 +183,12 @@ def _subset_series(curve_records: list[dict]) -> dict[str, dict[int, list[float]
     return series
 
 
+def _has_subsets(record: dict) -> bool:
+    """Whether the record's curve has a subset besides the full set (an IPC-1 curve is only ``full``)."""
+    curve = (record.get("subset_curve") or {}).get("curve") or []
+    return any(e["kind"] != "full" for e in curve)
+
+
 def subset_table(records: list[dict], fmt: str = "github") -> str:
     """Subset accuracy (%) by size, beside directly distilled records of the same size.
 
@@ -198,15 +196,15 @@ def subset_table(records: list[dict], fmt: str = "github") -> str:
     the set's block prefixes (when it has blocks), first-k prefixes and random subsets, then
     the records distilled directly at that IPC: the same method, its ``base`` method (Boost-DD),
     and random_real. Per-model accuracies are pooled over seeds (and draws), as in
-    ``harness.tables``. ``csv`` gives one tidy row per (table, size, series).
+    ``harness.tables``. ``csv`` gives one tidy row per (table, size, series). Curves holding only
+    the full set (IPC 1) are skipped; ``""`` when no record has a curve left (in every format).
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    check_format(fmt)
     direct: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     curves: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in records:
         direct[(r["method"], r["dataset"], r["ipc"])].extend(r["eval"]["accuracy_per_model"])
-        if (r.get("subset_curve") or {}).get("curve"):
+        if _has_subsets(r):
             curves[(r["dataset"], r["method"], r["ipc"])].append(r)
 
     tidy: list[dict[str, Any]] = []
@@ -217,20 +215,25 @@ def subset_table(records: list[dict], fmt: str = "github") -> str:
         base = group[0]["method_config"].get("base")
         compare = [m for m in dict.fromkeys([method, base if isinstance(base, str) else None, BASELINE]) if m]
         sizes = sorted({k for kind in columns for k in series[kind]})
-        headers = ["IPC"] + [kind.replace("_", " ") for kind in columns] + [f"direct {m}" for m in compare]
+        headers = [latex_text(h, fmt) for h in
+                   ["IPC", *(kind.replace("_", " ") for kind in columns), *(f"direct {m}" for m in compare)]]
         rows = []
         for k in sizes:
             values = [series[kind].get(k, []) for kind in columns] + [direct.get((m, dataset, k), []) for m in compare]
             rows.append([str(k)] + [_cell(v, fmt) for v in values])
             for name, v in zip(columns + [f"direct:{m}" for m in compare], values):
                 if v:
-                    mean, std = _pooled(v)
+                    mean, std = pooled(v)
                     tidy.append({"dataset": dataset, "method": method, "ipc": ipc, "size": k, "series": name,
                                  "accuracy_mean": mean, "accuracy_std": std, "n": len(v)})
-        title = f"{dataset}, {method} IPC {ipc}: test accuracy (%) of subsets, mean ± std over models x seeds"
-        table = tabulate(rows, headers=headers, tablefmt="latex_raw" if fmt == "latex" else fmt,
-                         disable_numparse=True)
+        if not rows:
+            continue
+        title = (latex_text(f"{dataset}, {method} IPC {ipc}: test accuracy (%) of subsets, mean", fmt) + pm(fmt)
+                 + "std over models x seeds")
+        table = tabulate_rows(headers, rows, fmt)
         parts.append(f"% {title}\n{table}" if fmt == "latex" else f"{title}:\n{table}")
+    if not parts:
+        return ""
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=["dataset", "method", "ipc", "size", "series", "accuracy_mean",
@@ -238,4 +241,4 @@ def subset_table(records: list[dict], fmt: str = "github") -> str:
         writer.writeheader()
         writer.writerows(tidy)
         return out.getvalue()
-    return "\n\n".join(parts) if parts else "No run record has a subset curve."
+    return "\n\n".join(parts)

@@ -164,7 +164,7 @@ class Cell:
     eval: EvalProtocol
     budget: BudgetValues
     hardware: Hardware
-    checkpoint_minutes: float = 10.0  # how often a long run checkpoints; not part of the run id
+    checkpoint_minutes: float  # how often a long run checkpoints; not part of the run id
     # Analyses of the distilled set: they add sections to the record but do not change the
     # distilled set, so they stay out of the run id (delete a record to redo its analyses).
     hardness: HardnessConfig | None = None
@@ -187,8 +187,12 @@ class Cell:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return _digest(self.normalized())
+
+    @property
+    def config_id(self) -> str:
+        """The run id without the seed: records with the same config_id are seeds of one setting."""
+        return _digest({k: v for k, v in self.normalized().items() if k != "seed"})
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,7 @@ def _load(path: Path, check_data: bool) -> Suite:
                 check_dataset(cfg)
             except DDBenchError as err:
                 # check_dataset names the DataConfig field ("name", "root"); say where it is in the suite.
-                raise err.at("grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}") from None
+                raise err.at(dataset_error_field(name, err)) from None
     for ipc in spec.budget.by_ipc:
         if ipc not in spec.grid.ipcs:
             raise ConfigError(f"override for IPC {ipc}, which grid.ipcs does not list", field=f"budget.by_ipc.{ipc}")
@@ -332,6 +336,16 @@ def _load(path: Path, check_data: bool) -> Suite:
         if key not in used_defaults:
             raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
     return Suite(path, spec, datasets, method_configs)
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def dataset_error_field(name: str, err: DDBenchError) -> str:
+    """The suite field a dataset error belongs to: the name in ``grid.datasets``, else ``data.NAME.FIELD``."""
+    return "grid.datasets" if err.field == "name" else f"data.{name}.{err.field or 'root'}"
 
 
 def _base_method_defaults(method_defaults: dict, fields: dict, own: dict) -> dict:

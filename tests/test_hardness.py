@@ -329,7 +329,7 @@ def test_digits_record_section():
     assert section["scoring_run"]["final_test_accuracy"] > 0.8
     assert section["score"].startswith("test examples ordered by forgetting count over 6")
 
-    ctx.cell.hardness = {"enabled": False}  # a dict (the suite's table) works too
+    ctx.cell.hardness = HardnessConfig(enabled=False)  # the suite's typed [hardness] table
     assert hardness_extension(ctx)["skipped"] == "disabled in the suite"
     ctx.eval_result = SimpleNamespace(correct=correct[:, :10])
     ctx.cell.hardness = cfg
@@ -373,9 +373,35 @@ def test_hardness_table_renders_from_records():
 
     latex = hardness_table(records, "latex").splitlines()
     assert latex[0].startswith("% digits: test accuracy") and "\\begin{tabular}{lllll}" in latex
-    assert any(line.split("&")[0].strip() == "random_real" for line in latex)
+    assert any(line.split("&")[0].strip() == r"random\_real" for line in latex)  # escaped
     rows = hardness_table(records, "csv").strip().splitlines()
     assert rows[0].startswith("dataset,method,ipc,bucket") and len(rows) == 1 + 3 * 2
-    assert hardness_table([records[-1]], "github") == ""
+    for fmt in ("github", "latex", "csv"):  # no section: an empty view (``render_view`` says so)
+        assert hardness_table([records[-1]], fmt) == ""
     with pytest.raises(ValueError):
         hardness_table(records, "html")
+
+
+def test_hardness_table_latex_escapes_every_name():
+    records = [_record("random_real", 10, 0, [[0.5, 0.7], [0.1, 0.1]]),
+               _record("rat_bptt", 10, 0, [[0.9, 0.8], [0.2, 0.3]], dataset="my_digits")]
+    records[1]["hardness"]["buckets"][0]["label"] = "easy_ones"
+    latex = hardness_table(records, "latex")
+    assert r"random\_real" in latex and r"rat\_bptt" in latex
+    assert "_" not in latex.replace(r"\_", "")  # names, headers, titles and legend lines
+    comments = [line for line in latex.splitlines() if line.startswith("%")]
+    assert comments[3].startswith(r"% my\_digits: test accuracy (\%) per hardness bucket")
+    assert r"% easy\_ones: n=10, forgotten 0 times, wrong at 0-3 of 5 checkpoints" in comments
+    assert any(line.split("&")[2].strip() == r"easy\_ones" for line in latex.splitlines() if "&" in line)
+
+
+def test_cli_hardness_view_without_sections_exits_2(cli, tmp_path):
+    from conftest import make_record
+
+    root = tmp_path / "runs"
+    root.mkdir()
+    (root / "r.json").write_text(json.dumps(make_record("random_real", outer_steps=0)))
+    code, out, err = cli("table", root, "--view", "hardness", "--format", "csv")
+    assert code == 2 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddbench: error: ") and "--view" in lines[0]

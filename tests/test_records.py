@@ -231,3 +231,10 @@ def test_iter_records_raises_on_a_corrupt_record(tmp_path):
 def test_record_stem_layout():
     assert record_stem("s", "digits", 10, "tbptt", 3, "abc") == "s/digits/ipc10/tbptt/seed3-abc"
     assert Path(record_stem("s", "d", 1, "m", 0, "r")).parts == ("s", "d", "ipc1", "m", "seed0-r")
+
+
+def test_iter_records_skips_json_of_another_kind(tmp_path):
+    write_json_atomic(tmp_path / "r.json", make_record(kind=records.RECORD_KIND))
+    write_json_atomic(tmp_path / "legacy.json", make_record(method="legacy"))  # no kind: still a record
+    write_json_atomic(tmp_path / "bench.json", {"schema_version": 1, "kind": "ddbench.bench.unroll", "rows": []})
+    assert sorted(r["method"] for _, r in iter_records(tmp_path)) == ["legacy", "tbptt"]

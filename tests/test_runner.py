@@ -295,3 +295,36 @@ def test_cuda_run_measures_allocated_memory(write_suite, cli, tmp_path):
         assert record["hardware"]["device"].startswith("cuda") and record["hardware"]["cuda"]
         if cell.method != "random_real":
             assert record["distill"]["peak_memory_bytes"] > 0
+
+
+def test_interrupted_evaluation_resumes_at_the_evaluation(write_suite, cli, tmp_path, monkeypatch):
+    """The finished distillation is checkpointed before the evaluation: nothing is distilled twice."""
+    import harness.runner as runner_module
+
+    path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}}))
+    cell = load_suite(path).cells()[0]
+    paths = cell_paths(tmp_path / "out", cell)
+    real_evaluate = runner_module.evaluate
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module, "evaluate", interrupted)
+    assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 130
+    assert files_under(tmp_path / "out") == [paths["checkpoint"]]  # no distilled set without its record
+    assert torch.load(paths["checkpoint"], weights_only=True)["step"] == 2  # all of the budget
+
+    cls = method_class("tbptt")
+    monkeypatch.setattr(cls, "step", lambda self, step: pytest.fail("the distillation ran again"))
+    monkeypatch.setattr(runner_module, "evaluate", real_evaluate)
+    assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 0
+    record = read_record(paths["record"])
+    assert record["distill"]["outer_steps"] == 2 and record["config_id"] == cell.config_id
+    assert files_under(tmp_path / "out") == sorted([paths["record"], paths["distilled"]])
+
+
+def test_bad_analysis_network_is_refused_before_anything_runs(write_suite, cli, tmp_path):
+    data = tiny_suite(hardness={"model": {"name": "convnet", "width": 4, "depth": 5}})  # 8x8 pooled 5 times
+    code, _, err = cli("run", write_suite(data), "--out", tmp_path / "out", "-q")
+    assert code == 2 and "hardness.model" in err and len(err.strip().splitlines()) == 1
+    assert files_under(tmp_path / "out") == []

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness import subsets
+from conftest import make_record
 from harness.data import DatasetSplits
 from harness.evaluation import EvalProtocol, EvalResult
 from harness.method import DistilledSet
@@ -22,6 +23,7 @@ from harness.subsets import (
     subset_plan,
     subset_table,
 )
+from harness.tables import FORMATS
 
 CLASSES, IPC = 3, 6
 
@@ -167,7 +169,7 @@ def test_extension_section(captured):
     d = coded_set(blocks=(torch.arange(IPC) // 2).repeat(CLASSES))
     off = subsets.subset_extension(fake_ctx(d, None))
     assert off["skipped"] and not captured
-    section = subsets.subset_extension(fake_ctx(d, {"enabled": True, "sizes": [2], "draws": 1, "models": 1}))
+    section = subsets.subset_extension(fake_ctx(d, SubsetEvalConfig(enabled=True, sizes=[2], draws=1, models=1)))
     json.dumps(section)
     assert section["ipc"] == IPC and section["blocks"] == 3 and section["protocol"]["models"] == 1
     assert [e["kind"] for e in section["curve"]] == ["block_prefix", "block_prefix", "prefix", "random", "full"]
@@ -232,9 +234,70 @@ def test_subset_table_joins_direct_records_by_method_dataset_ipc():
     row1 = next(line for line in rat_part.splitlines() if line.startswith("| 1 "))
     assert row1.rstrip(" |").endswith("-")  # random_real has no IPC 1 record
     assert r"$\pm$" in subset_table(RECORDS, "latex")
-    assert subset_table(RECORDS[1:5], "github") == "No run record has a subset curve."
+    assert subset_table(RECORDS[1:5], "github") == ""  # no curve: an empty view (``render_view`` says so)
     with pytest.raises(ValueError, match="format"):
         subset_table(RECORDS, "html")
+
+
+def test_subset_table_latex_escapes_every_name():
+    latex = subset_table(RECORDS, "latex")
+    assert r"\begin{tabular}" in latex and r"$\pm$" in latex and "±" not in latex
+    assert r"direct random\_real" in latex and r"direct rat\_bptt" in latex and r"boost\_dd IPC 4" in latex
+    assert r"block prefix" in latex
+    assert "_" not in latex.replace(r"\_", "")  # every underscore escaped: headers, titles, names
+    titles = [line for line in latex.splitlines() if line.startswith("%")]
+    assert titles == [r"% digits, boost\_dd IPC 4: test accuracy (\%) of subsets, mean $\pm$ std over models x seeds",
+                      r"% digits, rat\_bptt IPC 4: test accuracy (\%) of subsets, mean $\pm$ std over models x seeds"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_subset_table_without_curves_is_empty_in_every_format(fmt):
+    assert subset_table(RECORDS[1:5], fmt) == ""
+    assert subset_table([], fmt) == ""
+
+
+FULL_ONLY = record("rat_bptt", 1, [0.60, 0.62], curve=[entry("full", 1, [0.60, 0.62])], seed=5)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_full_only_curves_make_no_table(fmt):
+    """An IPC-1 set has no smaller subset: its curve is only ``full``, which the table would just repeat."""
+    assert subset_table([FULL_ONLY, *RECORDS[1:5]], fmt) == ""
+    with_curves = subset_table([FULL_ONLY, *RECORDS], fmt)
+    # The record still counts as a set distilled directly at IPC 1; only its one-row table is gone.
+    assert with_curves == subset_table([{k: v for k, v in FULL_ONLY.items() if k != "subset_curve"}, *RECORDS], fmt)
+    if fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(with_curves)))
+        assert {r["ipc"] for r in rows} == {"4"}
+    else:
+        assert "IPC 1:" not in with_curves and "IPC 1 " not in with_curves
+        assert with_curves.count("IPC 4") == 2
+
+
+def _write_records(root, records):
+    root.mkdir(parents=True, exist_ok=True)
+    for i, r in enumerate(records):
+        (root / f"r{i}.json").write_text(json.dumps(r))
+    return root
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_subsets_view_without_curves_exits_2(cli, tmp_path, fmt):
+    full_only = {"curve": [entry("full", 1, [0.5, 0.7])], "blocks": None}
+    root = _write_records(tmp_path / "runs", [
+        make_record("random_real", ipc=1, outer_steps=0),
+        make_record("rat_bptt", ipc=1, subset_curve=full_only),  # IPC 1: nothing but the full set
+    ])
+    code, out, err = cli("table", root, "--view", "subsets", "--format", fmt)
+    assert code == 2 and out == "", (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("ddbench: error: ") and "--view" in lines[0] and str(root) in lines[0]
+
+    code, out, err = cli("table", root, "--view", "all", "--format", fmt)
+    assert code == 0 and err == ""
+    main = cli("table", root, "--format", fmt)[1]
+    assert out == main  # only the main view has anything to show: nothing appended
 
 
 # ---------------------------------------------------------------------------------- a real evaluation

@@ -10,7 +10,9 @@ import statistics
 import pytest
 
 from conftest import make_record
-from harness.tables import render, summarize
+from harness.errors import DDBenchError
+from harness.tables import (BASELINE, FORMATS, check_format, latex_text, method_order, pm, pooled, render,
+                            render_view, summarize, tabulate_rows)
 
 
 def _records() -> list[dict]:
@@ -113,3 +115,56 @@ def test_devices_and_memory_kind_are_named():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="github"):
         render(_records(), "html")
+
+
+# ---------------------------------------------------------------------------- the shared helpers
+
+
+def test_shared_helpers():
+    assert FORMATS == ("github", "latex", "csv") and BASELINE == "random_real"
+    assert method_order(["rat_bptt", "bptt", "random_real", "bptt"]) == ["random_real", "bptt", "rat_bptt"]
+    assert (pm("latex"), pm("github"), pm("csv")) == (r" $\pm$ ", " ± ", " ± ")
+    assert latex_text("random_real & 50% #1 {x} $y$ ~^\\") == (
+        r"random\_real \& 50\% \#1 \{x\} \$y\$ \textasciitilde{}\textasciicircum{}\textbackslash{}")
+    assert latex_text("random_real", "latex") == r"random\_real"
+    assert latex_text("random_real", "github") == latex_text("random_real", "csv") == "random_real"
+    assert pooled([]) is None and pooled(iter([])) is None
+    assert pooled([0.5]) == (0.5, 0.0)
+    mean, std = pooled([0.5, 0.7, 0.9])
+    assert (mean, std) == (pytest.approx(0.7), pytest.approx(statistics.pstdev([0.5, 0.7, 0.9])))
+    latex = tabulate_rows(["method", "a"], [[r"random\_real", r"1.00 $\pm$ 0.10"]], "latex")
+    assert r"random\_real & 1.00 $\pm$ 0.10" in latex and r"\begin{tabular}" in latex
+    assert "| 007 " in tabulate_rows(["x"], [["007"]], "github")  # text cells: no number parsing
+    for fmt in FORMATS:
+        check_format(fmt)
+    with pytest.raises(ValueError, match="github, latex, csv"):
+        check_format("html")
+
+
+# ---------------------------------------------------------------------------- views
+
+
+def test_empty_views_are_refused_alone_and_skipped_in_all():
+    """Records without subset curves or hardness sections: those views are "" in every format."""
+    from harness.hardness import hardness_table
+    from harness.subsets import subset_table
+
+    records = _records()
+    for fmt in FORMATS:
+        assert subset_table(records, fmt) == "" and hardness_table(records, fmt) == ""
+        for view in ("subsets", "hardness"):
+            with pytest.raises(DDBenchError) as err:
+                render_view(records, view, fmt)
+            assert err.value.field == "--view" and view in str(err.value)
+        assert render_view(records, "all", fmt) == render_view(records, "main", fmt) == render(records, fmt)
+    with pytest.raises(ValueError, match="view"):
+        render_view(records, "nope")
+
+
+def test_records_of_different_configs_are_not_pooled_as_seeds():
+    same = [make_record(seed=0, config_id="aaaa"), make_record(seed=1, config_id="aaaa")]
+    assert "60.00" in render(same)  # two seeds of one config: pooled
+    mixed = [make_record(seed=0, config_id="aaaa"), make_record(seed=0, config_id="bbbb")]
+    with pytest.raises(DDBenchError) as err:
+        render(mixed)
+    assert err.value.field == "config_id" and "aaaa, bbbb" in err.value.message
