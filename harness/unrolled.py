@@ -15,7 +15,6 @@ RaT-BPTT code does:
 
 from __future__ import annotations
 
-import copy
 import math
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -324,7 +323,8 @@ class UnrolledMethod(Method):
         state = {"images": self.images, "labels": self.labels, "log_lr": self.log_lr,
                  "outer_opt": self.outer_opt.state_dict(), "grad_norm_ema": self.grad_norm_ema,
                  "basis": None if self.basis is None else list(self.basis)}
-        return copy.deepcopy(torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().cpu(), state))
+        # copy=True: one copy of each tensor whatever its device (the other values are fresh or immutable).
+        return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():

@@ -254,7 +254,8 @@ class LowRankHessian:
         return self.last_drift
 
     def state_dict(self) -> dict:
-        approx = None if self.approx is None else {"U": self.approx.U.cpu().clone(), "s": self.approx.s.cpu().clone()}
+        approx = None if self.approx is None else {"U": self.approx.U.to("cpu", copy=True),
+                                                   "s": self.approx.s.to("cpu", copy=True)}
         return {"approx": approx, "built_at": self.built_at, "builds": self.builds}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
