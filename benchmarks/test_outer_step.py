@@ -13,7 +13,7 @@ import torch
 from harness.data import DataConfig, load_dataset
 from harness.method import DistillTask
 from harness.models import ModelConfig
-from harness.registry import create_method, list_methods
+from harness.method.registry import create_method, list_methods
 
 TINY = {
     "bptt": {"unroll": 8},

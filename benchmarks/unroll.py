@@ -47,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from tabulate import tabulate
 
-from harness.cudagraphs import StepGraphs
+from harness.engine.cudagraphs import StepGraphs
 from harness.engine import FunctionalModel, InnerSchedule, meta_gradient
-from harness.memory import PeakMemory
+from harness.engine.memory import PeakMemory
 from harness.models import ConvNet
-from harness.optim import InnerOptimizerConfig, make_inner_optimizer
-from harness.records import hardware_info
-from harness.tensor_memory import TensorMemoryMeter
+from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.core.provenance import hardware_info
+from harness.engine.tensor_memory import TensorMemoryMeter
 
 LR = 1e-3
 
@@ -234,7 +234,7 @@ def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window:
     from harness.data import DatasetSplits
     from harness.method import DistillTask
     from harness.models import ModelConfig
-    from harness.registry import create_method
+    from harness.method.registry import create_method
 
     p = Problem(shapes, device, torch.float32)
     data = DatasetSplits("random", p.real_x, p.real_y, p.real_x[:10], p.real_y[:10], shapes.classes,

@@ -49,12 +49,12 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from harness.engine import MetaGradient, trajectory_grad_norms
-from harness.lowrank import LowRank, randomized_eigh
-from harness.method import STREAM_PROBE, STREAM_SKETCH, step_seed
+from harness import (EngineConfig, MetaGradient, Stream, UnrollConfig, UnrolledMethod, check_window, register_method,
+                     step_seed, uniform_unroll)
+from harness.core.rng import sketch_position
+from harness.engine import trajectory_grad_norms
+from harness.engine.lowrank import LowRank, randomized_eigh
 from harness.models import reinitialize
-from harness.registry import register_method
-from harness.unrolled import EngineConfig, UnrollConfig, UnrolledMethod, check_window, uniform_unroll
 
 EARLY, MIDDLE, LATE = 0, 1, 2
 STAGE_NAMES = ("early", "middle", "late")
@@ -232,7 +232,7 @@ class LowRankHessian:
         return matvec
 
     def _build(self, step: int, t: int, params, hvp) -> None:
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step * 100003 + t, STREAM_SKETCH))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, sketch_position(step, t), Stream.SKETCH))
         n = sum(p.numel() for p in params)
         self.approx = randomized_eigh(self._matvec(params, hvp), n, self.cfg.hessian_rank,
                                       oversample=self.cfg.hessian_oversample,
@@ -246,7 +246,7 @@ class LowRankHessian:
 
         A random z in the whole space would mostly measure the spectrum the rank-k
         approximation leaves out by design, not drift."""
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step, STREAM_SKETCH + 100))
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, Stream.SKETCH_DRIFT))
         U = self.approx.U
         z = U @ torch.randn(U.shape[1], generator=gen, dtype=U.dtype).to(U.device)
         exact = _flatten(hvp(_unflatten(z, params)))
@@ -280,6 +280,7 @@ class ATBPTT(UnrolledMethod):
     """Automatic truncated BPTT: stage-wise window position, adaptive window, low-rank Hessian."""
 
     Config = ATBPTTConfig
+    tiny_config = {"unroll": 8, "window": 4, "window_delta": 1, "low_rank_hessian": False}
 
     def setup(self, task, initial=None, update_scale=None) -> None:
         super().setup(task, initial, update_scale)
@@ -319,8 +320,8 @@ class ATBPTT(UnrolledMethod):
         due = cfg.full_probe_every is not None and step % cfg.full_probe_every == 0
         if not (due or torch.isnan(self.norms).any()):
             return
-        gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, STREAM_PROBE))
-        reinitialize(self.model.module, step_seed(self.task.seed, step, STREAM_PROBE + 100))
+        gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, Stream.PROBE))
+        reinitialize(self.model.module, step_seed(self.task.seed, step, Stream.PROBE_INIT))
         norms = trajectory_grad_norms(self.model, self.model.parameters(), self.optimizer,
                                       float(self.log_lr.detach().exp()), self.images, self.labels,
                                       self.schedule(cfg.unroll, gen))

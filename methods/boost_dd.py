@@ -39,15 +39,9 @@ from pydantic import (
     model_validator,
 )
 
-from harness.errors import ConfigError, DDBenchError
-from harness.method import DistilledSet, DistillTask, Method
-from harness.registry import (
-    create_method,
-    method_class,
-    register_method,
-    validate_method_config,
-)
-from harness.unrolled import UnrolledMethod
+from harness import ConfigError, DDBenchError, DistilledSet, DistillTask, Method, UnrolledMethod, create_method
+from harness import register_method
+from harness.method import method_class, validate_method_config
 
 
 class BlockLayoutError(ConfigError, ValueError):
@@ -114,6 +108,8 @@ class BoostDD(Method):
 
     Config = BoostDDConfig
     config: BoostDDConfig
+    wraps = ("base", "base_config")
+    tiny_config = {"blocks": 1, "base_config": {"unroll": 8, "window": 4}}
 
     def __init__(self, config: BoostDDConfig):
         super().__init__(config)
@@ -144,15 +140,22 @@ class BoostDD(Method):
     def outer_steps(self, task: DistillTask) -> int:
         return sum(self.block_steps(task))
 
-    # ------------------------------------------------------------------ setup and blocks
+    # ------------------------------------------------------------------ checks, setup and blocks
+
+    def check(self, task: DistillTask) -> None:
+        """The block layout divides the IPC, and the base can run every block (block k > 0 holds
+        the earlier blocks' rows at beta: a base that cannot scale rows is refused here)."""
+        b, k = self.layout(task.ipc)
+        for block in range(k):
+            self.base.check(task, ipc=(block + 1) * b, scaled_rows=block > 0)
 
     def setup(self, task: DistillTask) -> None:
+        self.check(task)
         self.task = task
         self.block_ipc, self.num_blocks = self.layout(task.ipc)
         self.steps = self.block_steps(task)
         self.block_end = list(accumulate(self.steps))  # block k runs outer steps [end[k-1], end[k])
-        self.base.setup(task)  # only for the base's own init of the whole set
-        init = self.base.distilled()
+        init = self.base.initial_set(task)  # the base's own init of the whole set
         self.images, self.labels, self.lr = init.images, init.labels, None
         self._start_block(0)
 

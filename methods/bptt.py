@@ -2,8 +2,7 @@
 
 from pydantic import model_validator
 
-from harness.registry import register_method
-from harness.unrolled import UnrollConfig, UnrolledMethod, check_window
+from harness import UnrollConfig, UnrolledMethod, check_window, register_method
 
 
 class BPTTConfig(UnrollConfig):
@@ -20,6 +19,7 @@ class BPTT(UnrolledMethod):
     """Backpropagation through all N inner steps."""
 
     Config = BPTTConfig
+    tiny_config = {"unroll": 5}
 
     def plan(self, step, gen):
         return self.config.unroll, self.config.unroll

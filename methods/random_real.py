@@ -1,11 +1,9 @@
 """The baseline every table shows: a random real subset, no optimization."""
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
-from harness.method import STREAM_SYN_INIT, DistilledSet, Method, step_seed
-from harness.registry import register_method
-
-import torch
+from harness import DistilledSet, Method, Stream, register_method, step_seed
 
 
 class RandomRealConfig(BaseModel):
@@ -21,8 +19,11 @@ class RandomReal(Method):
     def outer_steps(self, task):
         return 0
 
+    def check(self, task):
+        task.check_real_per_class(task.ipc)
+
     def setup(self, task):
-        gen = torch.Generator().manual_seed(step_seed(task.seed, 0, STREAM_SYN_INIT))
+        gen = torch.Generator().manual_seed(step_seed(task.seed, 0, Stream.SYN_INIT))
         images, labels = task.real_per_class(task.ipc, gen)
         self._set = DistilledSet(images.cpu(), labels.cpu(), task.num_classes, task.ipc)
 

@@ -9,8 +9,7 @@ of the official code (T = 200, M = 60, inner and outer Adam at 1e-3, real batch 
 
 from pydantic import model_validator
 
-from harness.registry import register_method
-from harness.unrolled import UnrollConfig, UnrolledMethod, check_window, uniform_unroll
+from harness import UnrollConfig, UnrolledMethod, check_window, register_method, uniform_unroll
 
 
 class RaTBPTTConfig(UnrollConfig):

@@ -2,8 +2,7 @@
 
 from pydantic import model_validator
 
-from harness.registry import register_method
-from harness.unrolled import UnrollConfig, UnrolledMethod, check_window
+from harness import UnrollConfig, UnrolledMethod, check_window, register_method
 
 
 class TBPTTConfig(UnrollConfig):

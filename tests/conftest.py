@@ -121,7 +121,7 @@ def write_suite(tmp_path) -> Callable[..., Path]:
 @pytest.fixture
 def cli(capsys) -> Callable[..., tuple[int, str, str]]:
     """``cli("run", path, ...)``: harness.cli.main's exit code, stdout and stderr."""
-    from harness.cli import main
+    from harness.run.cli import main
 
     def run(*argv: Any) -> tuple[int, str, str]:
         code = main([str(a) for a in argv])
@@ -139,10 +139,10 @@ def files_under(root: Path) -> list[Path]:
 def make_record(method: str = "tbptt", dataset: str = "digits", ipc: int = 1, seed: int = 0,
                 accs: tuple[float, ...] = (0.5, 0.7), outer_steps: int = 10, seconds_per_step: float = 0.25,
                 peak: int = 64 * 2**20, device_name: str = "Test CPU", **extra: Any) -> dict[str, Any]:
-    """A minimal run record with every required field (the values are the caller's)."""
+    """A minimal run record (its JSON) with every required field (the values are the caller's)."""
     mean = sum(accs) / len(accs)
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": f"{method}-{dataset}-{ipc}-{seed}",
         "suite": "unit",
         "dataset": dataset,
@@ -164,3 +164,10 @@ def make_record(method: str = "tbptt", dataset: str = "digits", ipc: int = 1, se
     }
     record.update(extra)
     return record
+
+
+def typed(records: list[dict[str, Any]]) -> list:
+    """Record JSON (``make_record``'s) as the typed records the table views read."""
+    from harness.report import parse_record
+
+    return [parse_record(r, "<test record>") for r in records]

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from harness.data import DataConfig, load_dataset
 from harness.engine import FunctionalModel, class_balanced_schedule, meta_gradient
-from harness.lowrank import randomized_eigh
+from harness.engine.lowrank import randomized_eigh
 from harness.method import DistillTask
 from harness.models import ConvNet, ModelConfig
-from harness.optim import InnerOptimizerConfig, make_inner_optimizer
-from harness.registry import create_method
+from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.method.registry import create_method
 from methods.at_bptt import (EARLY, LATE, MIDDLE, LowRankHessian, StageTracker, adaptive_window, position_probs,
                              window_eta)
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from harness.data import DatasetSplits
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.method import DistillTask
 from harness.models import ModelConfig
-from harness.registry import create_method, validate_method_config
+from harness.method.registry import create_method, validate_method_config
 
 CLASSES = 3
 BASE = {"unroll": 4, "window": 2, "real_batch": 32, "outer_lr": 0.01, "inner": {"name": "adam", "lr": 0.01}}
@@ -294,10 +294,10 @@ base_config = { unroll = 4, window = 2 }
 @pytest.mark.slow
 def test_digits_suite_end_to_end_with_subset_curves(tmp_path):
     """A suite on digits through the runner: records, Boost-DD summary, subset curves and their table."""
-    from harness import runner
-    from harness.records import iter_records
-    from harness.subsets import subset_table
-    from harness.suite import load_suite
+    from harness.run import runner
+    from harness.report.records import iter_records
+    from harness.report.views.subsets import subset_table
+    from harness.run.suite import load_suite
 
     path = tmp_path / "suite.toml"
     path.write_text(SUITE)
@@ -322,7 +322,7 @@ def test_digits_suite_end_to_end_with_subset_curves(tmp_path):
         ("block_prefix", 1, [0]), ("prefix", 1, [0]), ("random", 1, curve[2]["positions"]), ("full", 2, [0, 1])]
     assert curve[0]["accuracy_per_model"] == curve[1]["accuracy_per_model"]  # the same subset, evaluated once
     assert [e["kind"] for e in records[("rat_bptt", 1)]["subset_curve"]["curve"]] == ["full"]  # nothing smaller
-    json.dumps(boosted)
+    json.dumps(boosted.model_dump(mode="json"))
 
     table = subset_table(list(records.values()))
     assert "digits, boost_dd IPC 2" in table and "digits, rat_bptt IPC 2" in table
@@ -332,8 +332,8 @@ def test_digits_suite_end_to_end_with_subset_curves(tmp_path):
 
 
 def test_suite_with_an_ipc_that_is_not_whole_blocks_fails_before_writing(tmp_path):
-    from harness.runner import run_suite
-    from harness.suite import load_suite
+    from harness.run.runner import run_suite
+    from harness.run.suite import load_suite
 
     path = tmp_path / "suite.toml"
     path.write_text(SUITE.replace("ipcs = [1, 2]", "ipcs = [3]").replace("block_ipc = 1", "block_ipc = 2"))

@@ -1,8 +1,8 @@
 """Bad input through the real command line: exit status 2, one line naming the file and the
 field, no traceback, and nothing written under --out.
 
-Every case goes through ``harness.cli.main``; a few also through a real ``python -m
-harness.cli`` process, to see the exit status and stderr a user sees.
+Every case goes through ``harness.run.cli.main``; a few also through a real ``python -m
+harness.run.cli`` process, to see the exit status and stderr a user sees.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from conftest import files_under, tiny_suite
-from harness.registry import list_methods
-from harness.runner import cell_paths
-from harness.suite import load_suite
+from harness.method.registry import list_methods
+from harness.run.cell import cell_paths
+from harness.run.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,14 +179,14 @@ def test_cuda_requested_without_cuda(write_suite, cli, tmp_path):
 
 def test_a_setup_time_config_error_names_the_methods_field(write_suite, cli, tmp_path, monkeypatch):
     # Some checks need the task (e.g. a block layout that must divide the IPC): a method raises a
-    # ConfigError from setup, which is found before any cell runs and named inside methods.LABEL.
-    from harness.errors import ConfigError
-    from harness.registry import method_class
+    # ConfigError from its check, which runs before any cell and is named inside methods.LABEL.
+    from harness.core.errors import ConfigError
+    from harness.method.registry import method_class
 
-    def setup(self, task):
+    def check(self, task, **kwargs):
         raise ConfigError(f"IPC {task.ipc} does not fit", field="window")
 
-    monkeypatch.setattr(method_class("tbptt"), "setup", setup)
+    monkeypatch.setattr(method_class("tbptt"), "check", check)
     path = write_suite(tiny_suite())
     assert_usage_error(*cli("run", path, "--out", tmp_path / "out", "-q"), str(path), ": methods.tbptt.window: ",
                        "digits IPC 1")
@@ -308,7 +308,7 @@ def _subprocess(argv: list, cwd: Path) -> subprocess.CompletedProcess:
 def _ddbench_script() -> list[str]:
     # The console script installed beside this interpreter, else the module (same main()).
     script = Path(sys.executable).with_name("ddbench")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "harness.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "harness.run.cli"]
 
 
 # Two cases only: every process start imports torch and torchvision (seconds each).
@@ -318,7 +318,7 @@ def test_real_process_exit_status_and_stderr(case, write_suite, tmp_path):
     if case == "window-gt-unroll":
         path = write_suite(with_changes(lambda d: d["methods"]["tbptt"].update(window=7)))
         names = (str(path), ": methods.tbptt.window: ")
-        command = [sys.executable, "-m", "harness.cli"]
+        command = [sys.executable, "-m", "harness.run.cli"]
         expected = []
     else:
         path = write_suite(tiny_suite())

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.cudagraphs import StepGraphs
+from harness.engine.cudagraphs import StepGraphs
 from harness.engine import FunctionalModel, class_balanced_schedule, meta_gradient
 from harness.models import ConvNet
-from harness.optim import InnerOptimizerConfig, make_inner_optimizer
-from harness.augment import AugmentConfig
+from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.models.augment import AugmentConfig
 
 DT = torch.float64
 

@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("harness") is None:  # run from a plain checkout, not installed
     sys.path.insert(0, str(REPO))
 
-from harness import data  # noqa: E402
+from harness.data import decode as data_decode  # noqa: E402
 from harness.data import DataConfig, check_dataset, list_datasets, load_dataset, zca_whitening  # noqa: E402
-from harness.errors import ConfigError, DatasetNotFoundError, UnknownNameError  # noqa: E402
+from harness.core.errors import ConfigError, DatasetNotFoundError, UnknownNameError  # noqa: E402
 
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_PER_CLASS = 20  # files per class and split taken from the 60k-file archive
@@ -227,7 +227,7 @@ def test_check_dataset_reads_no_images(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("check_dataset decoded images")
 
-    monkeypatch.setattr(data, "_decode_images", boom)
+    monkeypatch.setattr(data_decode, "decode_images", boom)
     check_dataset(_cfg(name="imagefolder", root=str(root)))
     with pytest.raises(AssertionError):
         load_dataset(_cfg(name="imagefolder", root=str(root)))
@@ -371,8 +371,8 @@ def test_imagefolder_mixed_sizes_need_image_size(tmp_path):
 def test_cache_is_used_rebuilt_when_corrupt_and_when_files_change(tmp_path, monkeypatch):
     root = _make_imagefolder(tmp_path / "folder")
     calls = []
-    decode = data._decode_images
-    monkeypatch.setattr(data, "_decode_images", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    decode = data_decode.decode_images
+    monkeypatch.setattr(data_decode, "decode_images", lambda *a, **k: calls.append(1) or decode(*a, **k))
     cfg = _cfg(name="imagefolder", root=str(root))
 
     first = load_dataset(cfg)

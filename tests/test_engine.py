@@ -17,9 +17,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchopt
 
-from harness.augment import AugmentConfig
+from harness.models.augment import AugmentConfig
 from harness.engine import FunctionalModel, InnerSchedule, class_balanced_schedule, inner_step, meta_gradient
-from harness.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 
 DT = torch.float64
 CLASSES, IPC, SIZE = 3, 4, 8

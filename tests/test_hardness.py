@@ -1,4 +1,5 @@
-"""Tests for harness.hardness: forgetting counts, bucketing, the scoring run, its cache, records, tables.
+"""harness.evaluation.hardness and its table view: forgetting counts, bucketing, the scoring run, its
+cache, records, tables.
 
 Every test gets its own empty ``$DDBENCH_CACHE``. The training tests use a linear model on a
 2-D toy problem with a known answer and a small ConvNet on the bundled ``digits``.
@@ -22,13 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("harness") is None:  # run from a plain checkout, not installed
     sys.path.insert(0, str(REPO))
 
-from harness import hardness  # noqa: E402
+from conftest import make_record, typed  # noqa: E402
 from harness.data import DataConfig, DatasetSplits, load_dataset  # noqa: E402
-from harness.hardness import (ForgettingCounts, HardnessConfig, bucket_accuracy, cache_key, cache_path,  # noqa: E402
-                              forgetting_counts, hardness_buckets, hardness_extension, hardness_key,
-                              hardness_table, load_or_compute, training_history)
+from harness.engine.optim import InnerOptimizerConfig  # noqa: E402
+from harness.evaluation import hardness  # noqa: E402
+from harness.evaluation.hardness import (ForgettingCounts, Hardness, HardnessConfig, bucket_accuracy,  # noqa: E402
+                                         cache_key, cache_path, forgetting_counts, hardness_buckets, hardness_key,
+                                         load_or_compute, training_history)
 from harness.models import ModelConfig  # noqa: E402
-from harness.optim import InnerOptimizerConfig  # noqa: E402
+from harness.report import parse_record  # noqa: E402
+from harness.report.views.hardness import hardness_table  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -250,7 +254,7 @@ def test_a_corrupt_cache_file_is_rebuilt_with_a_warning(monkeypatch, caplog, dam
     calls = []
     real = hardness.training_history
     monkeypatch.setattr(hardness, "training_history", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with caplog.at_level(logging.WARNING, logger="harness.hardness"):
+    with caplog.at_level(logging.WARNING, logger="harness.evaluation.hardness"):
         again = load_or_compute(data, TINY_MODEL, TINY_CFG)
     assert calls == [1] and "ignoring hardness cache file" in caplog.text
     assert torch.equal(again.test_history, good.test_history)  # deterministic: same result
@@ -279,7 +283,7 @@ def test_unwritable_cache_dir_costs_time_not_correctness(monkeypatch, tmp_path, 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("DDBENCH_CACHE", str(blocker))  # a file, so hardness/ cannot be created below it
-    with caplog.at_level(logging.WARNING, logger="harness.hardness"):
+    with caplog.at_level(logging.WARNING, logger="harness.evaluation.hardness"):
         scores = load_or_compute(_tiny_data(), TINY_MODEL, TINY_CFG)
     assert scores.cache_file is None and "cannot write" in caplog.text
     assert scores.test_history.shape == (3, 12)
@@ -309,9 +313,8 @@ def test_digits_record_section():
         for seed in (11, 12)
     ])
     assert correct.double().mean() > 0.9
-    ctx = SimpleNamespace(cell=SimpleNamespace(model=model, hardness=cfg), data=data,
-                          eval_result=SimpleNamespace(correct=correct), progress=False)
-    section = hardness_extension(ctx)
+    ctx = SimpleNamespace(model=model, data=data, eval_result=SimpleNamespace(correct=correct), progress=False)
+    section = Hardness().run(cfg, ctx)
     json.dumps(section, allow_nan=False)  # goes into a JSON record as is
 
     scores = load_or_compute(data, model, cfg)  # from the cache the extension wrote
@@ -329,12 +332,11 @@ def test_digits_record_section():
     assert section["scoring_run"]["final_test_accuracy"] > 0.8
     assert section["score"].startswith("test examples ordered by forgetting count over 6")
 
-    ctx.cell.hardness = HardnessConfig(enabled=False)  # the suite's typed [hardness] table
-    assert hardness_extension(ctx)["skipped"] == "disabled in the suite"
+    # the suite's typed [hardness] table
+    assert Hardness().run(HardnessConfig(enabled=False), ctx)["skipped"] == "disabled in the suite"
     ctx.eval_result = SimpleNamespace(correct=correct[:, :10])
-    ctx.cell.hardness = cfg
     with pytest.raises(ValueError, match="test examples"):
-        hardness_extension(ctx)
+        Hardness().run(cfg, ctx)
 
 
 # --- the table --------------------------------------------------------------------------------
@@ -348,10 +350,9 @@ def _record(method: str, ipc: int, seed: int, accs: list[list[float]], dataset: 
         for k, (label, a) in enumerate(zip(["easiest", "hardest"], accs))
     ]
     overall = [(e + h) / 2 for e, h in zip(*accs)]
-    return {"dataset": dataset, "ipc": ipc, "method": method, "seed": seed,
-            "eval": {"accuracy_per_model": overall},
-            "hardness": {"config": HardnessConfig(epochs=5).model_dump(mode="json"), "buckets": buckets,
-                         "score": "test examples ordered by forgetting count over 5 per-epoch checkpoints"}}
+    return make_record(method, dataset, ipc, seed, accs=tuple(overall),
+                       hardness={"config": HardnessConfig(epochs=5).model_dump(mode="json"), "buckets": buckets,
+                                 "score": "test examples ordered by forgetting count over 5 per-epoch checkpoints"})
 
 
 def test_hardness_table_renders_from_records():
@@ -360,8 +361,9 @@ def test_hardness_table_renders_from_records():
         _record("rat_bptt", 10, 1, [[1.0, 0.9], [0.4, 0.1]]),  # pooled with seed 0
         _record("random_real", 10, 0, [[0.5, 0.7], [0.1, 0.1]]),
         _record("rat_bptt", 1, 0, [[0.6, 0.6], [0.0, 0.2]]),
-        {"dataset": "digits", "ipc": 1, "method": "no_section", "seed": 0, "eval": {"accuracy_per_model": [0.5]}},
+        make_record("no_section", "digits", 1, 0, accs=(0.5,)),
     ]
+    records = typed(records)
     text = hardness_table(records, "github")
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert "easiest" in lines[0] and "hardest" in lines[0] and "all" in lines[0]
@@ -386,7 +388,7 @@ def test_hardness_table_latex_escapes_every_name():
     records = [_record("random_real", 10, 0, [[0.5, 0.7], [0.1, 0.1]]),
                _record("rat_bptt", 10, 0, [[0.9, 0.8], [0.2, 0.3]], dataset="my_digits")]
     records[1]["hardness"]["buckets"][0]["label"] = "easy_ones"
-    latex = hardness_table(records, "latex")
+    latex = hardness_table(typed(records), "latex")
     assert r"random\_real" in latex and r"rat\_bptt" in latex
     assert "_" not in latex.replace(r"\_", "")  # names, headers, titles and legend lines
     comments = [line for line in latex.splitlines() if line.startswith("%")]
@@ -396,8 +398,6 @@ def test_hardness_table_latex_escapes_every_name():
 
 
 def test_cli_hardness_view_without_sections_exits_2(cli, tmp_path):
-    from conftest import make_record
-
     root = tmp_path / "runs"
     root.mkdir()
     (root / "r.json").write_text(json.dumps(make_record("random_real", outer_steps=0)))

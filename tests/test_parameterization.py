@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from harness.data import DataConfig, load_dataset
-from harness.errors import ConfigError
+from harness.core.errors import ConfigError
 from harness.method import DistillTask
 from harness.models import ModelConfig
-from harness.registry import create_method
+from harness.method.registry import create_method
 
 SMALL = {
     "bptt": {"unroll": 4},

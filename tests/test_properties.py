@@ -9,12 +9,13 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from harness.augment import AugmentConfig, apply_affine, sample_affine
+from harness.models.augment import AugmentConfig, apply_affine, sample_affine
 from harness.engine import class_balanced_schedule
-from harness.errors import ConfigError
-from harness.method import STREAM_EVAL, STREAM_NET_INIT, STREAM_STEP, STREAM_SYN_INIT, DistilledSet, step_seed
-from harness.registry import validate_method_config
-from harness.suite import _merge
+from harness.core.errors import ConfigError
+from harness.core.rng import Stream, step_seed
+from harness.method import DistilledSet
+from harness.method.registry import validate_method_config
+from harness.core.config import merge
 
 # Modest example counts: the whole file runs in a few seconds.
 FEW = settings(max_examples=40, deadline=None)
@@ -158,7 +159,7 @@ def test_select_refuses_positions_outside_the_class(ipc, bad):
 # ----------------------------------------------------------------------------- seeds
 
 
-STREAMS = [STREAM_STEP, STREAM_NET_INIT, STREAM_SYN_INIT, STREAM_EVAL]
+STREAMS = [Stream.STEP, Stream.NET_INIT, Stream.SYN_INIT, Stream.EVAL]
 
 
 @FEW
@@ -233,7 +234,7 @@ def _at(d: dict, path: tuple):
 @example(base={"a": {"c": 2, "d": {"e": 1}}, "b": 1}, override={"a": {"b": 1, "d": {"a": 3}}})  # nested overlap
 def test_merge_keeps_nested_keys(base, override):
     base_before, override_before = copy.deepcopy(base), copy.deepcopy(override)
-    merged = _merge(base, override)
+    merged = merge(base, override)
     assert base == base_before and override == override_before  # inputs untouched
     for path, value in _leaves(override).items():
         if value == {}:  # an empty table adds nothing to a table already there
@@ -245,4 +246,4 @@ def test_merge_keeps_nested_keys(base, override):
                        for i in range(1, len(path) + 1)) or _at(override, path) is not KeyError
         if not replaced:
             assert _at(merged, path) == value  # every base value nothing overrides is kept
-    assert _merge(base, {}) == base and _merge({}, override) == override
+    assert merge(base, {}) == base and merge({}, override) == override

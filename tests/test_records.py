@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.method as method_module
-import harness.records as records
+import harness.core.io as io_module
+import harness.report.schema as records
 from conftest import files_under, make_record
-from harness.errors import CheckpointError
-from harness.method import DistilledSet, atomic_torch_save
-from harness.records import iter_records, read_record, record_stem, write_json_atomic
+from harness.core.errors import CheckpointError
+from harness.core.io import atomic_torch_save, write_json_atomic
+from harness.method import DistilledSet
+from harness.report.records import iter_records, read_record, record_stem
 
 
 def test_write_json_atomic_round_trip_and_mode(tmp_path):
@@ -53,7 +54,7 @@ def _failing_file_write(monkeypatch):
         def __getattr__(self, name):
             return getattr(self.f, name)
 
-    monkeypatch.setattr(records.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
+    monkeypatch.setattr(io_module.os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
 
 
 @pytest.mark.parametrize("failure", ["dumps", "write", "fsync", "replace"])
@@ -66,13 +67,13 @@ def test_write_json_atomic_failure_keeps_the_old_file(failure, tmp_path, monkeyp
         raise OSError("simulated failure")
 
     if failure == "dumps":
-        monkeypatch.setattr(records.json, "dumps", boom)
+        monkeypatch.setattr(io_module.json, "dumps", boom)
     elif failure == "write":
         _failing_file_write(monkeypatch)
     elif failure == "fsync":
-        monkeypatch.setattr(records.os, "fsync", boom)
+        monkeypatch.setattr(io_module.os, "fsync", boom)
     else:
-        monkeypatch.setattr(records.os, "replace", boom)
+        monkeypatch.setattr(io_module.os, "replace", boom)
     with pytest.raises(OSError):
         write_json_atomic(path, {"version": "new", "payload": list(range(1000))})
     assert path.read_bytes() == old
@@ -87,7 +88,7 @@ def test_write_json_atomic_interrupted_keeps_the_old_file(tmp_path, monkeypatch)
     def interrupt(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(records.os, "replace", interrupt)
+    monkeypatch.setattr(io_module.os, "replace", interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_json_atomic(path, {"version": "new"})
     assert json.loads(path.read_text()) == {"version": "old"}
@@ -118,9 +119,9 @@ def test_atomic_torch_save_failure_keeps_the_old_file(failure, tmp_path, monkeyp
         raise OSError("simulated failure")
 
     if failure == "save":
-        monkeypatch.setattr(method_module.torch, "save", half_save)
+        monkeypatch.setattr(torch, "save", half_save)
     else:
-        monkeypatch.setattr(records.os, "replace", boom)
+        monkeypatch.setattr(io_module.os, "replace", boom)
     with pytest.raises(OSError):
         atomic_torch_save({"step": 2, "t": torch.arange(1000)}, path)
     assert path.read_bytes() == old
@@ -143,7 +144,17 @@ def test_distilled_set_save_load_round_trip(tmp_path):
 def test_read_record_accepts_a_complete_record(tmp_path):
     path = tmp_path / "r.json"
     write_json_atomic(path, make_record())
-    assert read_record(path) == make_record()
+    assert read_record(path).model_dump(mode="json", exclude_unset=True) == make_record()
+
+
+def test_a_schema_1_record_is_read_as_schema_2(tmp_path):
+    """Records written by ddbench 0.1 stay readable: only what schema 2 added is filled in."""
+    path = tmp_path / "r.json"
+    legacy = make_record(method="boost_dd", schema_version=1, method_config={"base": "rat_bptt"})
+    write_json_atomic(path, legacy)
+    record = read_record(path)
+    assert record.schema_version == records.SCHEMA_VERSION == 2 and record.kind == records.RECORD_KIND
+    assert record.wraps == "rat_bptt" and record.eval.accuracy_per_model == legacy["eval"]["accuracy_per_model"]
 
 
 def _without(record: dict, dotted: str) -> dict:

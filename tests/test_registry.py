@@ -8,20 +8,21 @@ from importlib.metadata import EntryPoint
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-import harness.registry as registry
-from harness.errors import ConfigError, UnknownNameError
+import harness.core.registry as core_registry
+from harness.core.errors import ConfigError, UnknownNameError
+from harness.core.registry import PluginError, Registry
 from harness.method import Method
-from harness.registry import create_method, list_methods, method_class, register_method, validate_method_config
+from harness.method.registry import (METHODS, create_method, list_methods, method_class, register_method,
+                                     validate_method_config)
 
 BUILTIN = ("random_real", "bptt", "tbptt", "rat_bptt")
 
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
-    """A copy of the registry for tests that register classes."""
-    list_methods()  # load the plugins into the real registry first
-    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
-    return registry._METHODS
+def isolated_registry():
+    """The method registry, restored after the test (which may register classes)."""
+    with METHODS.scoped() as methods:
+        yield methods
 
 
 def test_list_methods_shows_the_builtin_ones_with_a_description():
@@ -123,18 +124,18 @@ def test_config_must_be_a_pydantic_model(isolated_registry):
     cls.Config = dict
     with pytest.raises(TypeError):
         register_method("unit_bad_config")(cls)
-    assert "unit_bad_config" not in isolated_registry
+    assert "unit_bad_config" not in isolated_registry.names()
 
 
 def test_plugins_load_from_entry_points_of_either_form(tmp_path, monkeypatch, isolated_registry):
     # A third-party package may name a module ("pkg.mod") or an attribute ("pkg.mod:attr").
     (tmp_path / "ddbench_unit_plugin.py").write_text(
-        "from harness.registry import register_method\n"
+        "from harness import register_method\n"
         "from tests_plugin_base import make\n"
         "Plugin = register_method('unit_plugin')(make())\n"
     )
     (tmp_path / "ddbench_unit_plugin_b.py").write_text(
-        "from harness.registry import register_method\n"
+        "from harness import register_method\n"
         "from tests_plugin_base import make\n"
         "def register():\n"
         "    register_method('unit_plugin_b')(make())\n"
@@ -148,7 +149,68 @@ def test_plugins_load_from_entry_points_of_either_form(tmp_path, monkeypatch, is
         monkeypatch.delitem(sys.modules, name, raising=False)
     eps = [EntryPoint("a", "ddbench_unit_plugin", "ddbench.methods"),
            EntryPoint("b", "ddbench_unit_plugin_b:register", "ddbench.methods")]
-    monkeypatch.setattr(registry, "entry_points", lambda group: eps if group == "ddbench.methods" else [])
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(core_registry, "entry_points", lambda group: eps if group == "ddbench.methods" else [])
+    monkeypatch.setattr(METHODS, "_loaded", False)
     methods = list_methods()
     assert "unit_plugin" in methods and "unit_plugin_b" in methods
+
+
+# ----------------------------------------------------------------------------- the Registry type
+
+
+def _widget_registry(tmp_path, monkeypatch, modules: dict[str, str], eps: list[EntryPoint], builtins=()):
+    """A fresh Registry whose plug-in modules (written under tmp_path) register into it."""
+    registry = Registry("widget", group="ddbench.unit_widgets", builtins=builtins)
+    holder = type(sys)("unit_widget_registry")
+    holder.REG = registry
+    monkeypatch.setitem(sys.modules, "unit_widget_registry", holder)
+    for name, body in modules.items():
+        (tmp_path / f"{name}.py").write_text(body)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(core_registry, "entry_points", lambda group: eps if group == "ddbench.unit_widgets" else [])
+    return registry
+
+
+def test_a_failing_plugin_is_named_and_hides_no_other(tmp_path, monkeypatch):
+    registry = _widget_registry(tmp_path, monkeypatch, {
+        "unit_widget_bad": "raise RuntimeError('broken on purpose')\n",
+        "unit_widget_good": "import unit_widget_registry\nunit_widget_registry.REG.register('good', 1)\n",
+    }, [EntryPoint("bad", "unit_widget_bad", "ddbench.unit_widgets"),
+        EntryPoint("good", "unit_widget_good", "ddbench.unit_widgets")])
+    with pytest.raises(PluginError) as exc:
+        registry.names()
+    message = str(exc.value)
+    assert "'bad'" in message and "unit_widget_bad" in message and "broken on purpose" in message
+    assert len(message.splitlines()) == 1
+    assert registry._entries == {"good": 1}  # loaded although the other failed
+    with pytest.raises(PluginError):  # and asked again, the broken one is reported again, not hidden
+        registry.get("good")
+
+
+def test_builtins_register_without_any_entry_point(tmp_path, monkeypatch):
+    registry = _widget_registry(tmp_path, monkeypatch, {
+        "unit_widget_builtin": "import unit_widget_registry\nunit_widget_registry.REG.register('builtin', 2)\n",
+    }, [], builtins=("unit_widget_builtin",))
+    assert registry.names() == ["builtin"] and registry.get("builtin") == 2
+    with pytest.raises(UnknownNameError, match="unknown widget 'nope' .registered: builtin."):
+        registry.get("nope")
+
+
+def test_a_checkout_without_installation_has_its_methods(tmp_path):
+    """No ddbench entry points at all (a source checkout on PYTHONPATH): the built-ins still load."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import importlib.metadata as md, harness.core.registry as r\n"
+            "r.entry_points = lambda group: []\n"
+            "from harness.method import list_methods\n"
+            "from harness.data import list_datasets\n"
+            "print(','.join(list_methods())); print(','.join(list_datasets()))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    methods, datasets = (line.split(",") for line in out.stdout.strip().splitlines())
+    assert {"random_real", "bptt", "tbptt", "rat_bptt", "at_bptt", "boost_dd"} <= set(methods)
+    assert {"digits", "mnist", "cifar10-jpeg"} <= set(datasets)

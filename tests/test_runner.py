@@ -17,10 +17,11 @@ import torch
 
 from conftest import dump_toml, files_under, tiny_suite
 from harness.method import DistilledSet
-from harness.records import SCHEMA_VERSION, read_record
-from harness.registry import method_class
-from harness.runner import cell_paths
-from harness.suite import load_suite
+from harness.report.schema import SCHEMA_VERSION
+from harness.report.records import read_record
+from harness.method.registry import method_class
+from harness.run.cell import cell_paths
+from harness.run.suite import load_suite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -299,7 +300,7 @@ def test_cuda_run_measures_allocated_memory(write_suite, cli, tmp_path):
 
 def test_interrupted_evaluation_resumes_at_the_evaluation(write_suite, cli, tmp_path, monkeypatch):
     """The finished distillation is checkpointed before the evaluation: nothing is distilled twice."""
-    import harness.runner as runner_module
+    import harness.run.cell as runner_module
 
     path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}}))
     cell = load_suite(path).cells()[0]

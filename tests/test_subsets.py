@@ -1,4 +1,4 @@
-"""Subset curves (harness/subsets.py): which subsets, exactly which images, and the table."""
+"""Subset curves (harness/evaluation/subsets.py and its view): which subsets, exactly which images, and the table."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ import types
 import pytest
 import torch
 
-from harness import subsets
-from conftest import make_record
+from conftest import make_record, typed
 from harness.data import DatasetSplits
-from harness.evaluation import EvalProtocol, EvalResult
+from harness.evaluation import EvalProtocol, EvalResult, subsets
+from harness.evaluation.subsets import SubsetEvalConfig, Subsets, block_prefixes, subset_curve, subset_plan
 from harness.method import DistilledSet
 from harness.models import ModelConfig
-from harness.subsets import (
-    SubsetEvalConfig,
-    block_prefixes,
-    subset_curve,
-    subset_plan,
-    subset_table,
-)
-from harness.tables import FORMATS
+from harness.report.tables import FORMATS
+from harness.report.views.subsets import subset_table as _subset_table
+
+
+def subset_table(records, fmt="github"):
+    """The view, on records given as JSON (``make_record``'s)."""
+    return _subset_table(typed(records), fmt)
 
 CLASSES, IPC = 3, 6
 
@@ -157,19 +156,18 @@ def test_invalid_subset_configs(bad, field):
 # ---------------------------------------------------------------------------------- the record section
 
 
-def fake_ctx(distilled, subsets_cfg):
-    cell = types.SimpleNamespace(eval=EvalProtocol(models=2, steps=5), model=ModelConfig(width=8, depth=1), seed=3,
-                                 subsets=subsets_cfg)
+def fake_ctx(distilled):
     result = EvalResult([0.5, 0.7], torch.zeros(2, 5, dtype=torch.bool))
-    return types.SimpleNamespace(cell=cell, data=None, distilled=distilled, eval_result=result,
-                                 device=torch.device("cpu"), dtype=torch.float32, progress=False)
+    return types.SimpleNamespace(protocol=EvalProtocol(models=2, steps=5), model=ModelConfig(width=8, depth=1), seed=3,
+                                 data=None, distilled=distilled, eval_result=result, device=torch.device("cpu"),
+                                 dtype=torch.float32, progress=False)
 
 
 def test_extension_section(captured):
     d = coded_set(blocks=(torch.arange(IPC) // 2).repeat(CLASSES))
-    off = subsets.subset_extension(fake_ctx(d, None))
+    off = Subsets().run(SubsetEvalConfig(), fake_ctx(d))  # the default: disabled
     assert off["skipped"] and not captured
-    section = subsets.subset_extension(fake_ctx(d, SubsetEvalConfig(enabled=True, sizes=[2], draws=1, models=1)))
+    section = Subsets().run(SubsetEvalConfig(enabled=True, sizes=[2], draws=1, models=1), fake_ctx(d))
     json.dumps(section)
     assert section["ipc"] == IPC and section["blocks"] == 3 and section["protocol"]["models"] == 1
     assert [e["kind"] for e in section["curve"]] == ["block_prefix", "block_prefix", "prefix", "random", "full"]
@@ -181,16 +179,17 @@ def test_extension_section(captured):
 # ---------------------------------------------------------------------------------- the table
 
 
-def record(method, ipc, accs, curve=None, seed=0, dataset="digits", config=None):
-    r = {"method": method, "dataset": dataset, "ipc": ipc, "seed": seed, "method_config": config or {},
-         "eval": {"accuracy_per_model": accs, "accuracy_mean": sum(accs) / len(accs)}}
+def record(method, ipc, accs, curve=None, seed=0, dataset="digits", config=None, wraps=None):
+    r = make_record(method, dataset, ipc, seed, accs=tuple(accs), method_config=config or {}, wraps=wraps)
     if curve is not None:
-        r["subset_curve"] = {"curve": curve, "blocks": 2 if any(e["kind"] == "block_prefix" for e in curve) else None}
+        r["subset_curve"] = {"config": {}, "curve": curve,
+                             "blocks": 2 if any(e["kind"] == "block_prefix" for e in curve) else None}
     return r
 
 
 def entry(kind, size, accs, **extra):
-    return {"kind": kind, "size": size, "positions": list(range(size)), "accuracy_per_model": accs, **extra}
+    return {"kind": kind, "size": size, "positions": list(range(size)), "accuracy_per_model": accs,
+            "accuracy_mean": sum(accs) / len(accs), "accuracy_std": 0.0, **extra}
 
 
 RECORDS = [
@@ -201,7 +200,7 @@ RECORDS = [
     record("rat_bptt", 2, [0.75, 0.77]),
     record("rat_bptt", 2, [0.79, 0.81], seed=1),  # pooled with seed 0
     record("random_real", 2, [0.55, 0.57]),
-    record("boost_dd", 4, [0.88, 0.90], config={"base": "rat_bptt"}, curve=[
+    record("boost_dd", 4, [0.88, 0.90], config={"base": "rat_bptt"}, wraps="rat_bptt", curve=[
         entry("block_prefix", 2, [0.70, 0.72], blocks=1), entry("prefix", 2, [0.70, 0.72]),
         entry("full", 4, [0.88, 0.90])]),
     record("rat_bptt", 2, [0.11, 0.11], dataset="other"),  # another dataset: never joined
@@ -283,7 +282,7 @@ def _write_records(root, records):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_subsets_view_without_curves_exits_2(cli, tmp_path, fmt):
-    full_only = {"curve": [entry("full", 1, [0.5, 0.7])], "blocks": None}
+    full_only = {"config": {}, "curve": [entry("full", 1, [0.5, 0.7])], "blocks": None}
     root = _write_records(tmp_path / "runs", [
         make_record("random_real", ipc=1, outer_steps=0),
         make_record("rat_bptt", ipc=1, subset_curve=full_only),  # IPC 1: nothing but the full set

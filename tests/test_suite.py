@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_suite
-from harness.errors import ConfigError, DDBenchError
-from harness.registry import list_methods
-from harness.suite import load_suite
+from harness.core.errors import ConfigError, DDBenchError
+from harness.method.registry import list_methods
+from harness.run.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
 

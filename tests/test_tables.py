@@ -9,14 +9,15 @@ import statistics
 
 import pytest
 
-from conftest import make_record
-from harness.errors import DDBenchError
-from harness.tables import (BASELINE, FORMATS, check_format, latex_text, method_order, pm, pooled, render,
-                            render_view, summarize, tabulate_rows)
+from conftest import make_record, typed
+from harness.core.errors import DDBenchError
+from harness.report.tables import (BASELINE, FORMATS, check_format, latex_text, method_order, pm, pooled, render_view,
+                                   summarize, tabulate_rows)
+from harness.report.views.main import render
 
 
-def _records() -> list[dict]:
-    return [
+def _records() -> list:
+    return typed([
         # rat_bptt, digits IPC 1: two seeds with different numbers of models (pooled, not averaged)
         make_record("rat_bptt", "digits", 1, seed=0, accs=(0.5, 0.7), seconds_per_step=0.1, peak=100 * 2**20),
         make_record("rat_bptt", "digits", 1, seed=1, accs=(0.9,), seconds_per_step=0.3, peak=300 * 2**20),
@@ -25,7 +26,7 @@ def _records() -> list[dict]:
         make_record("random_real", "digits", 1, accs=(0.3, 0.31), outer_steps=0, seconds_per_step=0.0),
         make_record("random_real", "digits", 10, accs=(0.6, 0.62), outer_steps=0, seconds_per_step=0.0),
         make_record("random_real", "mnist", 1, accs=(0.6, 0.64), outer_steps=0, seconds_per_step=0.0),
-    ]
+    ])
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:
@@ -107,7 +108,7 @@ def test_csv_has_one_row_per_cell():
 
 
 def test_devices_and_memory_kind_are_named():
-    records = _records() + [make_record("bptt", "mnist", 1, device_name="Other GPU")]
+    records = _records() + typed([make_record("bptt", "mnist", 1, device_name="Other GPU")])
     text = render(records, "github")
     assert "Test CPU" in text and "Other GPU" in text and "cpu_peak_rss" in text
 
@@ -146,8 +147,8 @@ def test_shared_helpers():
 
 def test_empty_views_are_refused_alone_and_skipped_in_all():
     """Records without subset curves or hardness sections: those views are "" in every format."""
-    from harness.hardness import hardness_table
-    from harness.subsets import subset_table
+    from harness.report.views.hardness import hardness_table
+    from harness.report.views.subsets import subset_table
 
     records = _records()
     for fmt in FORMATS:
@@ -162,9 +163,9 @@ def test_empty_views_are_refused_alone_and_skipped_in_all():
 
 
 def test_records_of_different_configs_are_not_pooled_as_seeds():
-    same = [make_record(seed=0, config_id="aaaa"), make_record(seed=1, config_id="aaaa")]
+    same = typed([make_record(seed=0, config_id="aaaa"), make_record(seed=1, config_id="aaaa")])
     assert "60.00" in render(same)  # two seeds of one config: pooled
-    mixed = [make_record(seed=0, config_id="aaaa"), make_record(seed=0, config_id="bbbb")]
+    mixed = typed([make_record(seed=0, config_id="aaaa"), make_record(seed=0, config_id="bbbb")])
     with pytest.raises(DDBenchError) as err:
         render(mixed)
     assert err.value.field == "config_id" and "aaaa, bbbb" in err.value.message

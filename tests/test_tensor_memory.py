@@ -2,7 +2,7 @@
 
 import torch
 
-from harness.tensor_memory import TensorMemoryMeter
+from harness.engine.tensor_memory import TensorMemoryMeter
 
 
 def test_counts_new_storages_once_and_frees_them():

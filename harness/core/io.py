@@ -1,0 +1,76 @@
+"""The one way ddbench writes a file, and where it caches things.
+
+:func:`atomic_write` fills a temp file in the target's folder, fsyncs it and renames it over
+the target: a crash, a full disk or a kill leaves either the old file or the new one, never
+half of one, and the result gets the mode any new file would get (the umask), not mkstemp's
+0600. Records, distilled sets, checkpoints and every cache go through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+TEMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` atomically: ``write(f)`` fills a temp file that is fsynced and renamed over
+    ``path``; on any failure the temp file goes and ``path`` is intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically; NaN and infinities are refused (``ValueError``)
+    before any file or folder is created."""
+    data = (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    atomic_write(Path(path), lambda f: f.write(data))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically (see :func:`atomic_write`)."""
+    import torch  # here: the light users of this module (records, tables) need no torch
+
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def stale_temp_files(path: Path) -> list[Path]:
+    """Temp files that an interrupted :func:`atomic_write` of ``path`` left behind."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux /proc);
+    elsewhere set and restored at once (``os.umask`` has no read-only form)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$DDBENCH_CACHE`` (default ``~/.cache/ddbench``), joined with ``parts``."""
+    return Path(os.environ.get("DDBENCH_CACHE", "~/.cache/ddbench")).expanduser().joinpath(*parts)

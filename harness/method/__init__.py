@@ -1,0 +1,18 @@
+"""What a method is: the :class:`Method` base with its :class:`DistillTask` and
+:class:`DistilledSet` (:mod:`.base`), the method registry (:mod:`.registry`), and the outer loop
+shared by every method that differentiates through unrolled inner training
+(:mod:`.unrolled`: fresh network, schedule, real batch, engine, clipping, outer Adam).
+
+May import: :mod:`harness.core`, :mod:`harness.data`, :mod:`harness.models`,
+:mod:`harness.engine`. Nothing above it.
+"""
+
+from harness.method.base import DistilledSet, DistillTask, Method
+from harness.method.registry import (METHODS, create_method, list_methods, method_class, register_method,
+                                     validate_method_config)
+from harness.method.unrolled import (EngineConfig, ParameterizationConfig, UnrollConfig, UnrolledMethod,
+                                     check_window, uniform_unroll)
+
+__all__ = ["DistilledSet", "DistillTask", "Method", "METHODS", "create_method", "list_methods", "method_class",
+           "register_method", "validate_method_config", "EngineConfig", "ParameterizationConfig", "UnrollConfig",
+           "UnrolledMethod", "check_window", "uniform_unroll"]

@@ -1,0 +1,194 @@
+"""The run record: one typed schema that the runner fills and every table view reads.
+
+A record is plain JSON on disk (one file per finished cell, see :mod:`.records`); this module
+is its schema. Adding a metric is adding a field here. Types are strict (``"1"`` is not an
+IPC), so a hand-edited or damaged record is refused with one line naming the file and the
+dotted field instead of crashing a table. Sections of plug-in analyses unknown to this
+schema are kept as they are (``extra="allow"``).
+
+``schema_version`` history: 1 (ddbench 0.1: no ``provenance``, no ``kind`` in early files);
+2 (this schema). A schema-1 record is read by :func:`upgrade`, which only adds what 2 added.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 2
+RECORD_KIND = "ddbench.run"  # a record's "kind"; other JSON files (benchmarks) carry their own
+
+Accuracy = Field(ge=0.0, le=1.0)
+
+
+class _Readable(BaseModel):
+    """Fields also read as ``record["eval"]["accuracy_mean"]``, as in the record's JSON."""
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return getattr(self, key)
+        except AttributeError:
+            raise KeyError(key) from None
+
+
+class _Section(_Readable):
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class EvalSection(_Section):
+    protocol: dict[str, Any]
+    accuracy_mean: float | None  # None only for a run that did not finish (status != "ok")
+    accuracy_std: float | None
+    accuracy_per_model: list[float]
+
+
+class DistillSection(_Section):
+    outer_steps: int = Field(ge=0)
+    stopped_by: str = "outer_steps"
+    wall_clock_s: float = Field(ge=0)
+    seconds_per_outer_step: float = Field(ge=0)
+    median_seconds_per_outer_step: float | None = None
+    peak_memory_bytes: int = Field(ge=0)
+    memory_kind: str
+    history: list[dict[str, Any]] = []
+    method_summary: dict[str, Any] = {}
+
+
+class HardwareSection(_Section):
+    device: str | None = None
+    device_name: str
+    cpu_count: int | None
+    torch_threads: int | None = None
+    platform: str | None = None
+    python: str
+    torch: str
+    cuda: str | None = None
+    torchvision: str | None = None
+    torchopt: str | None
+    ddbench: str | None = None
+    dtype: str | None = None
+
+
+class HardnessBucket(_Section):
+    bucket: int
+    label: str
+    n: int
+    accuracy_mean: float
+    accuracy_std: float
+    accuracy_per_model: list[float]
+    score_min: int | None = None
+    score_max: int | None = None
+    n_never_learned: int | None = None
+    misclassified_min: int | None = None
+    misclassified_max: int | None = None
+
+
+class HardnessSection(_Section):
+    config: dict[str, Any]
+    skipped: str | None = None
+    model: dict[str, Any] | None = None
+    score: str | None = None
+    bucketing: str | None = None
+    buckets: list[HardnessBucket] = []
+    scoring_run: dict[str, Any] | None = None
+    cache_file: str | None = None
+
+
+class SubsetPoint(_Section):
+    kind: Literal["block_prefix", "prefix", "random", "full"]
+    size: int = Field(ge=1)
+    positions: list[int]
+    accuracy_mean: float
+    accuracy_std: float
+    accuracy_per_model: list[float]
+
+
+class SubsetCurveSection(_Section):
+    config: dict[str, Any]
+    skipped: str | None = None
+    protocol: dict[str, Any] | None = None
+    ipc: int | None = None
+    blocks: int | None = None
+    curve: list[SubsetPoint] = []
+
+
+class Provenance(_Section):
+    """What produced the record, and how busy the machine was while it ran."""
+
+    ddbench: str
+    git: dict[str, Any] | None = None  # {"commit", "dirty"} when run from a checkout
+    busy: dict[str, Any] | None = None  # harness.core.provenance.BusyMeter.report()
+
+
+class RunRecord(_Readable):
+    """One finished (suite, dataset, IPC, method label, seed) cell."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    schema_version: Literal[2]
+    kind: Literal["ddbench.run"] = RECORD_KIND
+    run_id: str
+    config_id: str | None = None  # the run id without the seed: records sharing it are seeds of one setting
+    suite: str
+    dataset: str
+    dataset_config: dict[str, Any] = {}
+    preprocessing: dict[str, Any] = {}
+    ipc: int = Field(ge=1)
+    method: str  # the suite's label
+    method_name: str | None = None  # the registry name (None in early schema-1 records: the label)
+    method_config: dict[str, Any]
+    wraps: str | None = None  # a wrapper method's (Boost-DD's) wrapped method, by registry name
+    seed: int = Field(ge=0)
+    model: dict[str, Any] = {}
+    budget: dict[str, Any] = {}
+    eval: EvalSection
+    distill: DistillSection
+    hardness: HardnessSection | None = None
+    subset_curve: SubsetCurveSection | None = None
+    distilled_file: str | None = None
+    hardware: HardwareSection
+    provenance: Provenance | None = None
+    started_at: str
+    finished_at: str
+    status: Literal["ok", "diverged", "failed"]
+
+    @property
+    def registry_name(self) -> str:
+        return self.method_name or self.method
+
+    def problem(self) -> tuple[str, str] | None:
+        """``(field, message)`` for what the types cannot say (a finished run has accuracies), or None."""
+        if self.status == "ok":
+            accs = self.eval.accuracy_per_model
+            if not accs:
+                return "eval.accuracy_per_model", "must be a non-empty list of accuracies in [0, 1]"
+            for key in ("accuracy_mean", "accuracy_std"):
+                if getattr(self.eval, key) is None:
+                    return f"eval.{key}", "must be a number"
+        if not all(0.0 <= a <= 1.0 for a in self.eval.accuracy_per_model):
+            return "eval.accuracy_per_model", "must be a non-empty list of accuracies in [0, 1]"
+        return None
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 record's JSON in schema 2 (a new dict): only what schema 2 added is filled in.
+
+    Schema 1 did not say which method a wrapper wraps; its one wrapper, ``boost_dd``, kept the
+    name in ``method_config.base``.
+    """
+    if data.get("schema_version") != 1:
+        return data
+    out = {**data, "schema_version": SCHEMA_VERSION, "kind": data.get("kind", RECORD_KIND)}
+    config = data.get("method_config")
+    if data.get("method_name", data.get("method")) == "boost_dd" and isinstance(config, dict) \
+            and isinstance(config.get("base"), str):
+        out.setdefault("wraps", config["base"])
+    return out
+
+
+REQUIRED_FIELDS = tuple(name for name, info in RunRecord.model_fields.items() if info.is_required())
+REQUIRED_NESTED = {
+    name: tuple(k for k, info in model.model_fields.items() if info.is_required())
+    for name, model in (("eval", EvalSection), ("distill", DistillSection), ("hardware", HardwareSection))
+}

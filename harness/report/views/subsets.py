@@ -1,0 +1,106 @@
+"""The subsets view: subset curves beside sets distilled directly at each size (the
+``subset_curve`` record section)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from typing import Any
+
+from harness.report.schema import RunRecord
+from harness.report.tables import BASELINE, check_format, latex_text, pm, pooled, register_view, tabulate_rows
+
+
+def _cell(values: list[float], fmt: str) -> str:
+    stats = pooled(values)
+    if stats is None:
+        return "-"
+    return f"{100 * stats[0]:.2f}{pm(fmt)}{100 * stats[1]:.2f}"
+
+
+def _subset_series(curve_records: list[RunRecord]) -> dict[str, dict[int, list[float]]]:
+    """series -> size -> per-model accuracies pooled over seeds (and draws); the full set is a prefix."""
+    series: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in curve_records:
+        section = r.subset_curve
+        for e in section.curve:
+            kinds = [e.kind]
+            if e.kind == "full":
+                kinds = ["prefix", "block_prefix"] if section.blocks else ["prefix"]
+            for kind in kinds:
+                series[kind][e.size].extend(e.accuracy_per_model)
+    return series
+
+
+def _has_subsets(record: RunRecord) -> bool:
+    """Whether the record's curve has a subset besides the full set (an IPC-1 curve is only ``full``)."""
+    return record.subset_curve is not None and any(e.kind != "full" for e in record.subset_curve.curve)
+
+
+def _direct_labels(records: list[RunRecord], suite: str, label: str, wraps: str | None) -> list[str]:
+    """The suite labels whose records are set beside a curve of ``label``: the label itself, every
+    label of the same suite that runs the wrapped method (Boost-DD's base), and the baseline's."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        if r.suite == suite and r.method not in by_name[r.registry_name]:
+            by_name[r.registry_name].append(r.method)
+    labels = [label, *(sorted(by_name.get(wraps, [])) if wraps else []), *sorted(by_name.get(BASELINE, []))]
+    return list(dict.fromkeys(labels))
+
+
+@register_view("subsets", order=10, help="subset curves beside directly distilled sets")
+def subset_table(records: list[RunRecord], fmt: str = "github") -> str:
+    """Subset accuracy (%) by size, beside directly distilled records of the same size.
+
+    One table per (dataset, method, IPC) with a subset curve; rows are subset IPCs; columns
+    the set's block prefixes (when it has blocks), first-k prefixes and random subsets, then
+    the records distilled directly at that IPC, joined by suite label: the same label, the
+    labels running the method it wraps (Boost-DD's base), and the baseline. Per-model
+    accuracies are pooled over seeds (and draws). ``csv`` gives one tidy row per (table, size,
+    series). Curves holding only the full set (IPC 1) are skipped; ``""`` when no record has a
+    curve left (in every format).
+    """
+    check_format(fmt)
+    direct: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
+    curves: dict[tuple[str, str, str, int], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        direct[(r.suite, r.method, r.dataset, r.ipc)].extend(r.eval.accuracy_per_model)
+        if _has_subsets(r):
+            curves[(r.dataset, r.method, r.suite, r.ipc)].append(r)
+
+    tidy: list[dict[str, Any]] = []
+    parts = []
+    for (dataset, method, suite, ipc), group in sorted(curves.items()):
+        series = _subset_series(group)
+        columns = [kind for kind in ("block_prefix", "prefix", "random") if series.get(kind)]
+        compare = _direct_labels(records, suite, method, group[0].wraps)
+        sizes = sorted({k for kind in columns for k in series[kind]})
+        headers = [latex_text(h, fmt) for h in
+                   ["IPC", *(kind.replace("_", " ") for kind in columns), *(f"direct {m}" for m in compare)]]
+        rows = []
+        for k in sizes:
+            values = ([series[kind].get(k, []) for kind in columns]
+                      + [direct.get((suite, m, dataset, k), []) for m in compare])
+            rows.append([str(k)] + [_cell(v, fmt) for v in values])
+            for name, v in zip(columns + [f"direct:{m}" for m in compare], values):
+                if v:
+                    mean, std = pooled(v)
+                    tidy.append({"dataset": dataset, "method": method, "ipc": ipc, "size": k, "series": name,
+                                 "accuracy_mean": mean, "accuracy_std": std, "n": len(v)})
+        if not rows:
+            continue
+        title = (latex_text(f"{dataset}, {method} IPC {ipc}: test accuracy (%) of subsets, mean", fmt) + pm(fmt)
+                 + "std over models x seeds")
+        table = tabulate_rows(headers, rows, fmt)
+        parts.append(f"% {title}\n{table}" if fmt == "latex" else f"{title}:\n{table}")
+    if not parts:
+        return ""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=["dataset", "method", "ipc", "size", "series", "accuracy_mean",
+                                                 "accuracy_std", "n"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(tidy)
+        return out.getvalue()
+    return "\n\n".join(parts)

@@ -1,0 +1,105 @@
+"""Running a suite: check every pending cell, then hand them to an executor.
+
+:func:`run_suite` does what can be checked first (existing records and checkpoints, datasets,
+networks, every pending method's ``check``), so that a mistake stops the run before anything
+is written; then an executor (:mod:`.executors`) runs the pending cells (:mod:`.cell`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from harness.core.errors import CheckpointError, ConfigError, DDBenchError
+from harness.core.process import torch_threads
+from harness.data import DatasetSplits, load_dataset
+from harness.evaluation import ANALYSES
+from harness.models import create_model
+from harness.report import read_record
+from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint
+from harness.run.executors import Executor, LocalExecutor
+from harness.run.suite import Cell, Suite, dataset_error_field
+
+log = logging.getLogger("ddbench")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("'cuda' requested but no CUDA device is available", field="hardware.device")
+    return torch.device(name)
+
+
+def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, progress: bool = True,
+              executor: Executor | None = None) -> list[Path]:
+    """Run every cell of ``suite`` not yet recorded under ``out_dir``; returns the record paths."""
+    hw = suite.spec.hardware
+    try:
+        device = resolve_device(hw.device)
+    except ConfigError as err:
+        raise err.located(file=str(suite.path)) from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError("the output folder is a file", file=str(out_dir), field="--out")
+    dtype = getattr(torch, hw.dtype)
+    with torch_threads(hw.threads):
+        written, pending = pending_cells(suite, out_dir, methods)
+        datasets: dict[str, DatasetSplits] = {}  # on the CPU: moved to the device by the cells that use them
+        for cell in pending:
+            name = cell.dataset.name
+            if name not in datasets:
+                try:
+                    datasets[name] = load_dataset(cell.dataset)
+                except DDBenchError as err:
+                    raise err.at(dataset_error_field(name, err)).located(file=str(suite.path)) from None
+            check_cell(suite, cell, datasets[name], dtype)
+        (executor or LocalExecutor()).run(pending, datasets, device, dtype, out_dir, progress)
+    return written
+
+
+def pending_cells(suite: Suite, out_dir: Path, methods: list[str] | None) -> tuple[list[Path], list[Cell]]:
+    """Every cell's record path, and the cells without a record (their checkpoints checked)."""
+    written, pending = [], []
+    for cell in suite.cells(methods):
+        paths = cell_paths(out_dir, cell)
+        if paths["record"].exists():
+            record = read_record(paths["record"])  # a corrupt record is an error, not a silent skip
+            if record.run_id != cell.run_id:
+                raise CheckpointError(f"record belongs to run {record.run_id}, not {cell.run_id}",
+                                      file=str(paths["record"]), field="run_id")
+            log.info("skip %s (record exists)", paths["record"])
+        else:
+            if paths["checkpoint"].exists():
+                load_checkpoint(paths["checkpoint"], cell.run_id)  # refuse a bad one before any work
+            pending.append(cell)
+        written.append(paths["record"])
+    return written, pending
+
+
+def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype) -> None:
+    """Build the cell's networks and run its method's ``check``, so that a config that cannot run
+    on this dataset (a ConvNet too deep for the image size, more images per class than the data
+    has) is reported before any cell writes a file. Nothing is set up or moved to a device."""
+    where = f"{cell.dataset.name} IPC {cell.ipc}"
+    networks = [("model", cell.model)]
+    if cell.eval.model is not None:
+        networks.append(("eval.model", cell.eval.model))
+    for name, cfg in cell.analyses.items():
+        networks += ANALYSES.get(name)().networks(cfg, cell.model)
+    for field, model in networks:
+        try:
+            create_model(model, data.image_shape, data.num_classes)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}", file=str(suite.path), field=field) from None
+    label = f"methods.{cell.method_label}"
+    try:
+        cell_method(cell).check(cell_task(cell, data, torch.device("cpu"), dtype))
+    except DDBenchError as err:  # a method's own config check that needs the task (its field named)
+        raise ConfigError(f"{where}: {err.message}", file=str(suite.path),
+                          field=f"{label}.{err.field}" if err.field else label) from None
+    except ValueError as err:
+        raise ConfigError(f"{where}: {err}", file=str(suite.path), field=label) from None
+
+
