@@ -225,11 +225,46 @@ def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> di
     return errors
 
 
-def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window: int) -> list[dict]:
+# Where an outer step's time goes: cumulative seconds in these functions (cProfile), by name.
+PROFILE_PARTS = {
+    "inner steps without graph (prefix, recompute forward)": ("unroll.py", "forward"),
+    "reverse steps (rebuilt step + VJP)": ("unroll.py", "reverse"),
+    "  of which: low-rank Hessian builds (HVPs, QR, eigh)": ("lowrank.py", "_build"),
+    "  of which: drift checks": ("lowrank.py", "_measure_drift"),
+    "full-mode window (graph + backward)": ("unroll.py", "_window_full"),
+    "outer loss on the real batch": ("unroll.py", "outer_loss_and_grad"),
+    "probe trajectories (AT-BPTT)": ("unroll.py", "plain_trajectory"),
+    "outer update (clip, Adam)": ("unrolled.py", "apply"),
+}
+
+
+def profile_step(fn, steps: int) -> dict[str, float]:
+    """Seconds per outer step spent in each of :data:`PROFILE_PARTS` (cProfile, after a warm-up)."""
+    import cProfile
+    import pstats
+
+    fn()
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        fn()
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    total = sum(tt for (_, _, tt, _, _) in stats.values())
+    out = {"total": total / steps}
+    for label, (file, func) in PROFILE_PARTS.items():
+        cum = [ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == func and path.endswith(file)]
+        out[label] = max(cum, default=0.0) / steps
+    return out
+
+
+def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window: int,
+                 profile: bool = False) -> list[dict]:
     """Whole outer steps of registered methods at the benchmark's shapes (random data).
 
-    ``specs`` are ``name`` or ``name:mode`` (engine mode ``full`` or ``recompute``, default
-    recompute); AT-BPTT keeps its low-rank Hessian in recompute mode and drops it in full mode.
+    ``specs`` are ``name``, ``name:mode`` (engine mode ``full`` or ``recompute``, default
+    recompute) or ``at_bptt:recompute:lowrank`` (AT-BPTT with its low-rank Hessian ablation on;
+    rank 10, rebuilt per window). AT-BPTT runs with a 10-step epoch (CIFAR-10's 50000 / 5000).
     """
     from harness.data import DatasetSplits
     from harness.method import DistillTask
@@ -243,19 +278,22 @@ def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window:
                        outer_steps=shapes.steps + 1, device=device)
     rows = []
     for spec in specs:
-        name, _, mode = spec.partition(":")
+        name, mode, option = (spec.split(":") + ["", ""])[:3]
         mode = mode or "recompute"
         cfg = {"unroll": shapes.unroll, "window": window, "real_batch": shapes.real_batch,
                "inner": {"name": "adam", "lr": LR}, "init": "gaussian",
                "engine": {"mode": mode, "real_chunk": shapes.real_chunk if mode == "recompute" else None}}
         if name == "at_bptt":
-            cfg.update(window_delta=max(1, window // 6), low_rank_hessian=mode == "recompute")
+            cfg.update(window_delta=max(1, window // 6), steps_per_epoch=10, low_rank_hessian=option == "lowrank")
         method = create_method(name, **cfg)
         method.setup(task)
         counter = iter(range(10**6))
         stats = measure(lambda: method.step(next(counter)), shapes.steps, device)
-        rows.append({"method": name, "mode": mode, "window": window, **stats})
-        print(f"  M={window:4d} {spec:18s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
+        row = {"method": name, "mode": mode, "option": option, "window": window, **stats}
+        if profile:
+            row["profile"] = profile_step(lambda: method.step(next(counter)), shapes.steps)
+        rows.append(row)
+        print(f"  M={window:4d} {spec:26s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
               flush=True)
     return rows
 
@@ -270,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
     ap.add_argument("--methods", default="", help="also time whole outer steps of registered methods, "
                     "e.g. rat_bptt:full,rat_bptt:recompute,at_bptt:recompute (the first is the reference)")
+    ap.add_argument("--profile", action="store_true", help="with --methods: where each method's step time goes")
     ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                     help="compare the meta-gradients with the baseline's first (default on)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -320,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
     method_rows = []
     for window in shapes.windows[:1] if args.methods else ():
-        method_rows = method_steps([m for m in args.methods.split(",") if m], shapes, device, window)
+        method_rows = method_steps([m for m in args.methods.split(",") if m], shapes, device, window, args.profile)
 
     headers = ["M", "variant", "s / outer step", "peak memory (MiB)", "speedup vs higher", "memory vs higher"]
     body = [[r["window"], r["variant"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
@@ -332,12 +371,20 @@ def main(argv: list[str] | None = None) -> int:
     if method_rows:
         print("\nwhole outer steps of registered methods:")
         base = method_rows[0]
-        print(tabulate([[r["method"], r["mode"], r["window"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
+        print(tabulate([[r["method"], ":".join(filter(None, (r["mode"], r["option"]))), r["window"],
+                         f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
                          f"{base['median_s'] / r['median_s']:.2f}x", f"{r['peak_bytes'] / max(base['peak_bytes'], 1):.3f}"]
                         for r in method_rows],
                        headers=["method", "engine", "M", "s / outer step", "peak memory (MiB)",
                                 f"speedup vs {base['method']}:{base['mode']}", "memory vs it"],
                        tablefmt="github", disable_numparse=True))
+        profiled = [r for r in method_rows if "profile" in r]
+        if profiled:
+            print("\nwhere an outer step's time goes (cProfile, seconds per step):")
+            parts = ["total", *PROFILE_PARTS]
+            print(tabulate([[part, *(f"{r['profile'][part]:.4f}" for r in profiled)] for part in parts],
+                           headers=["", *(f"{r['method']}:{r['option'] or r['mode']}" for r in profiled)],
+                           tablefmt="github", disable_numparse=True))
     if args.json:
         payload = {"schema_version": 1, "kind": "ddbench.bench.unroll", "hardware": hw, "shapes": asdict(shapes),
                    "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "methods": method_rows}

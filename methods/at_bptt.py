@@ -1,39 +1,49 @@
 """AT-BPTT (Li et al., "Beyond Random: Automatic Inner-Loop Optimization in Dataset
 Distillation", NeurIPS 2025, arXiv 2510.04838): truncation that follows the inner network's
-learning dynamics instead of RaT-BPTT's uniform draw. Every component can be switched off:
+learning dynamics instead of RaT-BPTT's uniform draw. Every component can be switched off.
 
 1. **Gradient-norm probe.** ``||g_t||``, the inner loss's gradient norm at step t, comes for
    free from every trajectory the engine runs (``MetaGradient.grad_norms``); a table over
    t in [0, T) keeps the latest value of each step (refreshed every ``probe_every`` outer
    steps). Steps never visited yet, and every ``full_probe_every`` outer steps all steps, are
    filled by a plain T-step trajectory without a graph.
-2. **Three stages.** The window start t is drawn with P(t) ~ exp(||g_t|| / tau) early (where
-   the network learns fast), uniformly in the middle, and with
-   P(t) ~ exp(-||g_t|| / tau) late (with the adaptive window off, the middle stage's draw is
-   exactly RaT-BPTT's). The stage moves forward when the outer accuracy (of the
-   inner-trained network on the real batch, averaged over an outer epoch) gains less than
-   ``gain_threshold`` points for ``patience_fraction`` of the epochs in a row, or at fixed
-   outer-step fractions (``stage_switch = "steps"``). The public code compares an int
-   counter with a float (``flag == 0.15 * totwindow``) and so never switches for some T;
-   here the counter is compared with ``>=`` against a whole number of epochs.
-3. **Adaptive window.** W*(t) = W - d + 2 d eta(t), rounded and clamped to [1, T], where
+2. **Three stages, one support.** The window start t is drawn with the paper's
+   P(t) ~ exp(+g^_t / tau) early (where the network learns fast), uniformly in the middle, and
+   P(t) ~ exp(-g^_t / tau) late, where g^_t = ||g_t|| / mean_s ||g_s||. *Deviation:* the paper
+   uses the raw norm; divided by its mean, tau means the same on every dataset and network
+   (with raw CIFAR-size norms tau = 1 is an argmax). The paper leaves open how the start and
+   the adaptive window W*(t) fit together; here every stage draws t only among the starts
+   whose own window fits, S = {t in [0, T) : t + W*(t) <= T}, renormalised there, and trains
+   exactly W*(t) steps from t (N = t + W*(t)): the window belongs to the step it starts at,
+   and no start is piled up by clamping. With the adaptive window off, S = [0, T - W] and the
+   middle stage is exactly RaT-BPTT's draw (N ~ U[W, T]).
+3. **Stage switch.** The stage moves forward when the epoch's accuracy gains less than
+   ``gain_threshold`` points for ``patience_fraction`` of the epochs in a row (``>=``: the
+   public code compares an int counter with a float by ``==`` and never switches for some T),
+   or at outer-step fractions (``stage_switch = "steps"``). ``stage_signal = "probe"`` (default)
+   measures the epoch's accuracy once per epoch on a network trained the full T inner steps
+   (the probe trajectory, which also refreshes the norm table), so the signal does not depend
+   on the unroll lengths the current stage itself draws; ``"outer"`` averages the outer steps'
+   own accuracies as the public code does.
+4. **Adaptive window.** W*(t) = W - d + 2 d eta(t), rounded and clamped to [1, T], where
    eta(t) in [0, 1] grows with the gradient-norm change D_t = | ||g_t|| - ||g_{t-1}|| |
-   (D_0 = 0): ``window_eta = "softmax"`` takes p = softmax(D / (tau_w mean(D))) min-max
-   scaled to [0, 1] (the paper's softmax with temperature, made scale-free); ``"rank"`` takes
-   rank(D_t) / T as the public code does. The window then starts at min(t, T - W*).
-4. **Low-rank Hessian** (recompute mode). In the reverse pass through step t the exact
-   Hessian-vector product H_t v of the inner loss in the parameters (the term that carries
-   the adjoint back through the gradient g_t = dL_t/dtheta) is replaced by U diag(s) U^T v,
-   a rank-k randomized eigen-approximation (``harness.lowrank``) built from exact
-   Hessian-vector products. Exact everywhere else: the optimizer update's own Jacobians
-   (identity, momentum/Adam moments, weight decay), and the mixed derivative
-   d^2 L_t / dtheta dx in the synthetic data, without which the data would get no gradient.
-   ``hessian_scope = "window"`` builds one approximation (at the first reverse step) and
-   reuses it for the whole window, refreshed every ``hessian_refresh`` outer steps or when its
-   relative error on a random vector in its own span (where a fresh build is accurate) exceeds
-   ``hessian_drift`` at the current point; ``"step"`` rebuilds it
-   at every inner step (exact when k >= rank H_t: a check, not a saving).
-5. Patch-wise semantic preservation (high resolution) is not implemented.
+   (D_0 = 0): ``window_eta = "softmax"`` takes p = softmax(D / (tau_w mean(D))) min-max scaled
+   to [0, 1] (the paper's softmax with temperature, made scale-free); ``"rank"`` takes
+   rank(D_t) / T as the public code does.
+5. **Low-rank Hessian** (``low_rank_hessian``, recompute mode; an ablation, **off by
+   default**). In the reverse pass the exact Hessian-vector product H_t v of the inner loss is
+   replaced by a rank-k randomized eigen-approximation built from exact HVPs
+   (``harness.engine.lowrank.LowRankCurvature``); the optimizer's Jacobians and the mixed term
+   d^2 L_t / dtheta dx stay exact. Why off: ddbench's recompute mode already keeps memory flat
+   in the window (the paper's 63% saving is against RaT-BPTT run with ``higher``'s full graph),
+   and the exact H_t v costs nothing extra there: it comes out of the same double backward
+   pass that the mixed term (without which the data get no gradient) needs at every step. The
+   approximation can only add (k + p)(q + 2) HVPs per build and keep CUDA graphs from
+   capturing the reverse step; ``benchmarks/unroll.py`` measures it.
+6. **Patch-wise semantic preservation** (``patch_semantic``, off by default, images of 64x64
+   and above): lambda x the global and per-patch prototype distance of
+   ``harness.method.prototypes`` (n x n grid, the inner network at the end of the unroll) is
+   added to the outer loss; its gradient in the images joins the meta-gradient.
 
 Defaults: CIFAR-10 IPC 10 of the public code's README (W = 40, T = 200, d = 10, inner and
 outer Adam at 1e-3, real batch 5000).
@@ -41,6 +51,7 @@ outer Adam at 1e-3, real batch 5000).
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 from dataclasses import dataclass, field
@@ -51,10 +62,10 @@ from pydantic import Field, model_validator
 
 from harness import (EngineConfig, MetaGradient, Stream, UnrollConfig, UnrolledMethod, check_window, register_method,
                      step_seed, uniform_unroll)
-from harness.core.rng import sketch_position
-from harness.engine import trajectory_grad_norms
-from harness.engine.lowrank import LowRank, randomized_eigh
-from harness.models import reinitialize
+from harness.engine import accuracy, plain_trajectory
+from harness.engine.lowrank import LowRankCurvature
+from harness.method.prototypes import prototype_loss
+from harness.models import augment, reinitialize
 
 EARLY, MIDDLE, LATE = 0, 1, 2
 STAGE_NAMES = ("early", "middle", "late")
@@ -68,41 +79,45 @@ class ATBPTTConfig(UnrollConfig):
     # 1. probe
     probe_every: int = 1
     full_probe_every: int | None = None
-    # 2. stages
+    # 2-3. stages
     stages: bool = True
-    tau: float = 1.0
+    tau: float = 1.0  # on norms divided by their mean
     stage_switch: Literal["accuracy", "steps"] = "accuracy"
+    stage_signal: Literal["probe", "outer"] = "probe"
     gain_threshold: float = 1.5  # accuracy points
     patience_fraction: float = 0.05  # of the outer epochs
     steps_per_epoch: int | None = Field(None, description="outer steps per epoch; None = one pass over the real data")
     stage_boundaries: tuple[float, float] = (1 / 3, 2 / 3)  # fractions of the outer steps (stage_switch="steps")
-    # 3. adaptive window
+    # 4. adaptive window
     adaptive_window: bool = True
     window_eta: Literal["softmax", "rank"] = "softmax"
     window_tau: float = 1.0
-    # 4. low-rank Hessian
-    low_rank_hessian: bool = True
+    # 5. low-rank Hessian (an ablation: see the module docstring)
+    low_rank_hessian: bool = False
     hessian_rank: int = 10
     hessian_oversample: int = 5
     hessian_power_iters: int = 1
-    # Every outer step trains a freshly initialised network, so a factorization rarely carries
-    # over to the next outer step: by default it is rebuilt once per outer step (per window).
-    hessian_refresh: int = 1
+    hessian_refresh: int = 1  # every outer step trains a fresh network: rebuilt per window by default
     hessian_drift: float | None = None
     hessian_scope: Literal["window", "step"] = "window"
+    # 6. patch-wise semantic preservation (high resolution)
+    patch_semantic: bool = False
+    patch_grid: int = 4  # n: an n x n grid of patches
+    patch_weight: float = 0.1  # lambda
+    patch_real_batch: int = 256  # real images of the prototypes per outer step
 
     @model_validator(mode="after")
     def _check(self) -> "ATBPTTConfig":
         check_window(self.window, self.unroll)
         if self.adaptive_window and not 0 <= self.window_delta < self.window:
             raise ValueError(f"window_delta must be in [0, window), got {self.window_delta}")
-        for name in ("probe_every", "hessian_rank", "hessian_refresh"):
+        for name in ("probe_every", "hessian_rank", "hessian_refresh", "patch_grid", "patch_real_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("full_probe_every", "steps_per_epoch"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("tau", "window_tau", "patience_fraction"):
+        for name in ("tau", "window_tau", "patience_fraction", "patch_weight"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.hessian_oversample < 0 or self.hessian_power_iters < 0:
@@ -118,12 +133,18 @@ class ATBPTTConfig(UnrollConfig):
 # --------------------------------------------------------------------------- samplers (pure)
 
 
-def position_probs(norms: torch.Tensor, stage: int, tau: float) -> torch.Tensor:
-    """P(window start = t) over t in [0, len(norms)): exp(+-||g_t|| / tau), or uniform."""
+def position_probs(norms: torch.Tensor, stage: int, tau: float, fits: torch.Tensor | None = None) -> torch.Tensor:
+    """P(window start = t) over t in [0, len(norms)): exp(+-g^_t / tau) with g^ = norms / mean(norms),
+    or uniform; zero where ``fits`` (a bool mask of starts whose window fits) is False, renormalised."""
     norms = norms.double()
+    fits = torch.ones_like(norms, dtype=torch.bool) if fits is None else fits
     if stage == MIDDLE:
-        return torch.full_like(norms, 1 / len(norms))
-    return torch.softmax((norms if stage == EARLY else -norms) / tau, dim=0)
+        logits = torch.zeros_like(norms)
+    else:
+        scale = norms.mean()
+        scaled = norms / scale if scale > 0 else torch.zeros_like(norms)
+        logits = (scaled if stage == EARLY else -scaled) / tau
+    return torch.softmax(logits.masked_fill(~fits, -math.inf), dim=0)
 
 
 def window_eta(norms: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
@@ -141,6 +162,21 @@ def window_eta(norms: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
 def adaptive_window(eta: float, window: int, delta: int, unroll: int) -> int:
     """W* = W - d + 2 d eta, rounded, clamped to [1, T]."""
     return int(min(max(round(window - delta + 2 * delta * eta), 1), unroll))
+
+
+def window_sizes(norms: torch.Tensor, cfg: ATBPTTConfig) -> torch.Tensor:
+    """W*(t) for every start t (``cfg.window`` everywhere when the adaptive window is off)."""
+    if not cfg.adaptive_window:
+        return torch.full((len(norms),), cfg.window, dtype=torch.int64)
+    eta = window_eta(norms, cfg.window_eta, cfg.window_tau)
+    return torch.tensor([adaptive_window(float(e), cfg.window, cfg.window_delta, cfg.unroll) for e in eta])
+
+
+def start_distribution(norms: torch.Tensor, stage: int, cfg: ATBPTTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P(start = t), W*(t))`` over t in [0, T): P is zero outside the starts whose own window fits."""
+    windows = window_sizes(norms, cfg)
+    fits = torch.arange(len(norms)) + windows <= cfg.unroll
+    return position_probs(norms, stage, cfg.tau, fits), windows
 
 
 # --------------------------------------------------------------------------- stages
@@ -162,16 +198,22 @@ class StageTracker:
     below: int = 0
     switched_at: list[int] = field(default_factory=list)
 
-    def update(self, step: int, accuracy: float) -> None:
-        """Record outer step ``step``'s accuracy (in [0, 1]); may advance the stage for the next step."""
+    def ends_epoch(self) -> bool:
+        """Whether the next outer step is the last of an epoch."""
+        return (self.seen + 1) % self.steps_per_epoch == 0
+
+    def update(self, step: int, accuracy: float | None) -> None:
+        """Outer step ``step`` is done; ``accuracy`` (in [0, 1]) is its signal, or None when it has
+        none (the probe signal is measured once per epoch). May advance the stage for the next step."""
         self.seen += 1
         if self.switch == "steps":
             target = EARLY if self.seen < self.boundaries[0] else MIDDLE if self.seen < self.boundaries[1] else LATE
             while self.stage < target:
                 self._advance(step + 1)
             return
-        self.epoch_accs.append(100 * accuracy)
-        if len(self.epoch_accs) < self.steps_per_epoch:
+        if accuracy is not None:
+            self.epoch_accs.append(100 * accuracy)
+        if self.seen % self.steps_per_epoch or not self.epoch_accs:
             return
         epoch_acc = sum(self.epoch_accs) / len(self.epoch_accs)
         self.epoch_accs = []
@@ -195,92 +237,21 @@ class StageTracker:
             setattr(self, key, value)
 
 
-# --------------------------------------------------------------------------- low-rank Hessian
-
-
-class LowRankHessian:
-    """The engine's ``curvature`` callback: H_t v ~ U diag(s) U^T v (see the module docstring)."""
-
-    def __init__(self, cfg: ATBPTTConfig, seed: int):
-        self.cfg, self.seed = cfg, seed
-        self.approx: LowRank | None = None
-        self.built_at = -1  # outer step of the last build
-        self.builds = 0
-        self.last_drift: float | None = None
-
-    def for_step(self, step: int):
-        """The callback for outer step ``step``: refresh (lazily, at its first reverse step) when due."""
-        due = self.approx is None or step - self.built_at >= self.cfg.hessian_refresh
-        state = {"first": True, "due": due}
-
-        def curvature(t, params, v, hvp):
-            flat_v = _flatten(v)
-            if self.cfg.hessian_scope == "step" or state["due"]:
-                self._build(step, t, params, hvp)
-                state["due"] = False
-            elif state["first"] and self.cfg.hessian_drift is not None:
-                if self._drift(step, t, params, hvp) > self.cfg.hessian_drift:
-                    self._build(step, t, params, hvp)
-            state["first"] = False
-            return _unflatten(self.approx @ flat_v, params)
-
-        return curvature
-
-    def _matvec(self, params, hvp):
-        def matvec(V: torch.Tensor) -> torch.Tensor:
-            return torch.stack([_flatten(hvp(_unflatten(col, params))) for col in V.T], dim=1)
-        return matvec
-
-    def _build(self, step: int, t: int, params, hvp) -> None:
-        gen = torch.Generator().manual_seed(step_seed(self.seed, sketch_position(step, t), Stream.SKETCH))
-        n = sum(p.numel() for p in params)
-        self.approx = randomized_eigh(self._matvec(params, hvp), n, self.cfg.hessian_rank,
-                                      oversample=self.cfg.hessian_oversample,
-                                      power_iters=self.cfg.hessian_power_iters, generator=gen,
-                                      dtype=params[0].dtype, device=params[0].device)
-        self.built_at, self.builds = step, self.builds + 1
-
-    def _drift(self, step: int, t: int, params, hvp) -> float:
-        """How far the kept eigenpairs are from the current Hessian: the relative error of
-        ``U diag(s) U^T z`` against ``H z`` for a random z in the span of U (one exact HVP).
-
-        A random z in the whole space would mostly measure the spectrum the rank-k
-        approximation leaves out by design, not drift."""
-        gen = torch.Generator().manual_seed(step_seed(self.seed, step, Stream.SKETCH_DRIFT))
-        U = self.approx.U
-        z = U @ torch.randn(U.shape[1], generator=gen, dtype=U.dtype).to(U.device)
-        exact = _flatten(hvp(_unflatten(z, params)))
-        self.last_drift = float((exact - self.approx @ z).norm() / exact.norm().clamp_min(1e-30))
-        return self.last_drift
-
-    def state_dict(self) -> dict:
-        approx = None if self.approx is None else {"U": self.approx.U.to("cpu", copy=True),
-                                                   "s": self.approx.s.to("cpu", copy=True)}
-        return {"approx": approx, "built_at": self.built_at, "builds": self.builds}
-
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        a = state["approx"]
-        self.approx = None if a is None else LowRank(a["U"].to(device), a["s"].to(device))
-        self.built_at, self.builds = state["built_at"], state["builds"]
-
-
-def _flatten(tensors) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def _unflatten(flat: torch.Tensor, like) -> tuple[torch.Tensor, ...]:
-    return tuple(v.view_as(p) for v, p in zip(flat.split([p.numel() for p in like]), like))
-
-
 # --------------------------------------------------------------------------- the method
 
 
 @register_method("at_bptt")
 class ATBPTT(UnrolledMethod):
-    """Automatic truncated BPTT: stage-wise window position, adaptive window, low-rank Hessian."""
+    """Automatic truncated BPTT: stage-wise window position, adaptive window (low-rank Hessian optional)."""
 
     Config = ATBPTTConfig
-    tiny_config = {"unroll": 8, "window": 4, "window_delta": 1, "low_rank_hessian": False}
+    tiny_config = {"unroll": 8, "window": 4, "window_delta": 1}
+
+    def check(self, task, *, ipc=None, scaled_rows=False) -> None:
+        super().check(task, ipc=ipc, scaled_rows=scaled_rows)
+        size = task.image_shape[-1]
+        if self.config.patch_semantic and size < 64:
+            raise ValueError(f"patch_semantic is for images of 64x64 and above, not {size}x{size}")
 
     def setup(self, task, initial=None, update_scale=None) -> None:
         super().setup(task, initial, update_scale)
@@ -292,7 +263,12 @@ class ATBPTT(UnrolledMethod):
             threshold=cfg.gain_threshold, patience=max(1, math.ceil(cfg.patience_fraction * epochs)),
             boundaries=tuple(round(f * task.outer_steps) for f in cfg.stage_boundaries))
         self.norms = torch.full((cfg.unroll,), float("nan"), dtype=torch.float64)
-        self.hessian = LowRankHessian(cfg, task.seed) if cfg.low_rank_hessian else None
+        self.starts: collections.Counter = collections.Counter()  # start -> draws, for the record
+        self.hessian = None
+        if cfg.low_rank_hessian:
+            self.hessian = LowRankCurvature(rank=cfg.hessian_rank, oversample=cfg.hessian_oversample,
+                                            power_iters=cfg.hessian_power_iters, refresh=cfg.hessian_refresh,
+                                            drift=cfg.hessian_drift, scope=cfg.hessian_scope, seed=task.seed)
 
     def stage(self) -> int:
         return self.tracker.stage if self.config.stages else MIDDLE
@@ -300,43 +276,82 @@ class ATBPTT(UnrolledMethod):
     def plan(self, step: int, gen: torch.Generator) -> tuple[int, int]:
         cfg, stage = self.config, self.stage()
         if stage == MIDDLE and not cfg.adaptive_window:
-            # RaT-BPTT's own draw, so that with every switch off the two methods make the same draws.
-            return uniform_unroll(cfg.window, cfg.unroll, gen), cfg.window
-        self._ensure_probe(step)
-        if stage == MIDDLE:
-            start = uniform_unroll(cfg.window, cfg.unroll, gen) - cfg.window
+            # Uniform over [0, T - W]: RaT-BPTT's own draw, so with every switch off the two
+            # methods make the same draws.
+            n_steps = uniform_unroll(cfg.window, cfg.unroll, gen)
+            start, window = n_steps - cfg.window, cfg.window
         else:
-            start = int(torch.multinomial(position_probs(self.norms, stage, cfg.tau), 1, generator=gen))
-        window = cfg.window
-        if cfg.adaptive_window:
-            eta = float(window_eta(self.norms, cfg.window_eta, cfg.window_tau)[start])
-            window = adaptive_window(eta, cfg.window, cfg.window_delta, cfg.unroll)
-        start = min(start, cfg.unroll - window)
+            self._ensure_probe(step)
+            probs, windows = start_distribution(self.norms, stage, cfg)
+            start = int(torch.multinomial(probs, 1, generator=gen))
+            window = int(windows[start])
+        self.starts[start] += 1
         return start + window, window
 
-    def _ensure_probe(self, step: int) -> None:
-        """Fill the gradient-norm table with a plain T-step trajectory when it has gaps or is due."""
-        cfg = self.config
-        due = cfg.full_probe_every is not None and step % cfg.full_probe_every == 0
-        if not (due or torch.isnan(self.norms).any()):
-            return
+    def _probe(self, step: int) -> tuple[torch.Tensor, tuple]:
+        """A plain T-step trajectory from a fresh init (its own streams): norms and final parameters."""
         gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, Stream.PROBE))
         reinitialize(self.model.module, step_seed(self.task.seed, step, Stream.PROBE_INIT))
-        norms = trajectory_grad_norms(self.model, self.model.parameters(), self.optimizer,
-                                      float(self.log_lr.detach().exp()), self.images, self.labels,
-                                      self.schedule(cfg.unroll, gen))
+        norms, final = plain_trajectory(self.model, self.model.parameters(), self.optimizer,
+                                        float(self.log_lr.detach().exp()), self.images, self.labels,
+                                        self.schedule(self.config.unroll, gen))
         self.norms = norms.double().cpu()
+        return gen, final
+
+    def _ensure_probe(self, step: int) -> None:
+        """Fill the gradient-norm table with a probe trajectory when it has gaps or is due."""
+        cfg = self.config
+        due = cfg.full_probe_every is not None and step % cfg.full_probe_every == 0
+        if due or torch.isnan(self.norms).any():
+            self._probe(step)
+
+    def _probe_accuracy(self, step: int) -> float:
+        """The stage signal: real-batch accuracy of a network trained the full T steps (norms refreshed too)."""
+        gen, final = self._probe(step)
+        data = self.task.data
+        idx = torch.randperm(data.train_x.shape[0], generator=gen)[: self.config.real_batch].to(data.train_x.device)
+        x = augment(data.train_x[idx], self.config.real_augment, gen)
+        return accuracy(self.model, final, x, data.train_y[idx], chunk=self.config.engine.real_chunk or 1024)
 
     def curvature(self, step: int):
         return None if self.hessian is None else self.hessian.for_step(step)
+
+    def meta_gradient(self, step: int) -> tuple[MetaGradient, dict[str, float]]:
+        result, info = super().meta_gradient(step)
+        if self.config.patch_semantic:
+            info["patch_loss"] = self._add_patch_semantic(step, result)
+        return result, info
+
+    def _add_patch_semantic(self, step: int, result: MetaGradient) -> float:
+        """Add lambda x the prototype distance's gradient to the images' meta-gradient (at the
+        final parameters of this step's unroll); returns the distance."""
+        cfg, task = self.config, self.task
+        gen = torch.Generator().manual_seed(step_seed(task.seed, step, Stream.PATCH))
+        n = task.data.train_x.shape[0]
+        idx = torch.randperm(n, generator=gen)[: min(cfg.patch_real_batch, n)].to(task.data.train_x.device)
+        images = self.images.detach().requires_grad_()
+        hard = torch.arange(task.num_classes, device=images.device).repeat_interleave(self.ipc)
+        params = tuple(p.detach() for p in result.final_params)
+        loss = prototype_loss(self.model, params, images, hard, task.data.train_x[idx], task.data.train_y[idx],
+                              cfg.patch_grid)
+        (grad,) = torch.autograd.grad(cfg.patch_weight * loss, images)
+        result.images = grad if result.images is None else result.images + grad
+        return float(loss.detach())
 
     def observe(self, step: int, result: MetaGradient) -> dict[str, float]:
         n = len(result.grad_norms)
         if step % self.config.probe_every == 0:
             self.norms[:n] = result.grad_norms.double().cpu()  # the free probe
         stage = self.stage()
-        self.tracker.update(step, float(result.outer_accuracy))
+        if self.config.stage_signal == "outer":
+            signal = float(result.outer_accuracy)
+        else:  # once per epoch, from a full-length trajectory (only when the stages switch on accuracy)
+            wanted = self.config.stages and self.config.stage_switch == "accuracy" and self.tracker.ends_epoch()
+            signal = self._probe_accuracy(step) if wanted else None
+        self.tracker.update(step, signal)
         metrics = {"stage": stage}
+        if signal is not None and self.config.stage_signal == "probe":
+            metrics["probe_accuracy"] = signal
         if self.hessian is not None:
             metrics["hessian_builds"] = self.hessian.builds
             if self.hessian.last_drift is not None:
@@ -345,7 +360,8 @@ class ATBPTT(UnrolledMethod):
 
     def summary(self) -> dict:
         out = {"stage_switched_at": list(self.tracker.switched_at), "final_stage": STAGE_NAMES[self.stage()],
-               "stage_patience_epochs": self.tracker.patience, "steps_per_epoch": self.tracker.steps_per_epoch}
+               "stage_patience_epochs": self.tracker.patience, "steps_per_epoch": self.tracker.steps_per_epoch,
+               "start_histogram": {str(k): v for k, v in sorted(self.starts.items())}}
         if self.hessian is not None:
             out["hessian_builds"] = self.hessian.builds
         return out
@@ -353,6 +369,7 @@ class ATBPTT(UnrolledMethod):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["at_bptt"] = {"tracker": self.tracker.state_dict(), "norms": self.norms.clone(),
+                            "starts": dict(self.starts),
                             "hessian": None if self.hessian is None else self.hessian.state_dict()}
         return state
 
@@ -361,5 +378,6 @@ class ATBPTT(UnrolledMethod):
         own = state["at_bptt"]
         self.tracker.load_state_dict(own["tracker"])
         self.norms = own["norms"].clone()
+        self.starts = collections.Counter(own["starts"])
         if self.hessian is not None:
             self.hessian.load_state_dict(own["hessian"], self.task.device)

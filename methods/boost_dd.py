@@ -147,7 +147,10 @@ class BoostDD(Method):
         the earlier blocks' rows at beta: a base that cannot scale rows is refused here)."""
         b, k = self.layout(task.ipc)
         for block in range(k):
-            self.base.check(task, ipc=(block + 1) * b, scaled_rows=block > 0)
+            try:
+                self.base.check(task, ipc=(block + 1) * b, scaled_rows=block > 0)
+            except DDBenchError as err:  # a field of the base's config: say where it is in ours
+                raise err.within("base_config") from None
 
     def setup(self, task: DistillTask) -> None:
         self.check(task)
@@ -195,10 +198,14 @@ class BoostDD(Method):
             self._start_block(self.block + 1)
         return {**self.base.step(step), "block": self.block}
 
+    def learned_lr_optimizer(self):
+        return self.base.learned_lr_optimizer()
+
     def distilled(self) -> DistilledSet:
         images, labels, lr = self._merged()
         blocks = torch.arange(self.task.ipc).repeat(self.task.num_classes) // self.block_ipc
-        return DistilledSet(images, labels, self.task.num_classes, self.task.ipc, lr=lr, blocks=blocks)
+        return DistilledSet(images, labels, self.task.num_classes, self.task.ipc, lr=lr, blocks=blocks,
+                            lr_optimizer=self.base.distilled().lr_optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         # The whole set as of the current block's start, plus the base's state within the block.
@@ -212,4 +219,5 @@ class BoostDD(Method):
 
     def summary(self) -> dict[str, Any]:
         return {"base": self.config.base, "blocks": self.num_blocks, "block_ipc": self.block_ipc,
-                "beta": self.config.beta, "budget": self.config.budget, "steps_per_block": self.steps}
+                "beta": self.config.beta, "budget": self.config.budget, "steps_per_block": self.steps,
+                "base_summary": self.base.summary()}  # the last block's run of the base method

@@ -17,8 +17,16 @@ from harness.method import DistillTask
 from harness.models import ConvNet, ModelConfig
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 from harness.method.registry import create_method
-from methods.at_bptt import (EARLY, LATE, MIDDLE, LowRankHessian, StageTracker, adaptive_window, position_probs,
-                             window_eta)
+from harness.engine.lowrank import LowRankCurvature
+from methods.at_bptt import (EARLY, LATE, MIDDLE, ATBPTTConfig, StageTracker, adaptive_window, position_probs,
+                             start_distribution, window_eta, window_sizes)
+
+
+def LowRankHessian(cfg: ATBPTTConfig, seed: int) -> LowRankCurvature:
+    """The curvature callback AT-BPTT builds from its config (``ATBPTT.setup``)."""
+    return LowRankCurvature(rank=cfg.hessian_rank, oversample=cfg.hessian_oversample,
+                            power_iters=cfg.hessian_power_iters, refresh=cfg.hessian_refresh,
+                            drift=cfg.hessian_drift, scope=cfg.hessian_scope, seed=seed)
 
 norms_strategy = st.lists(st.floats(0, 50, allow_nan=False), min_size=2, max_size=60).map(
     lambda xs: torch.tensor(xs, dtype=torch.float64))
@@ -53,6 +61,36 @@ def test_adaptive_window_stays_inside_its_bounds(norms, kind, tau, window, delta
     for e in eta.tolist():
         w = adaptive_window(e, window, delta, unroll)
         assert max(1, window - delta) <= w <= min(unroll, window + delta)
+
+
+@settings(max_examples=60, deadline=None)
+@given(norms=norms_strategy, stage=st.sampled_from([EARLY, MIDDLE, LATE]), tau=st.floats(0.05, 1e6),
+       window=st.integers(1, 30), delta_frac=st.floats(0, 0.99), extra=st.integers(0, 40),
+       adaptive=st.booleans(), kind=st.sampled_from(["softmax", "rank"]))
+def test_every_stage_draws_over_exactly_the_starts_whose_window_fits(norms, stage, tau, window, delta_frac, extra,
+                                                                    adaptive, kind):
+    unroll = len(norms)
+    window = min(window, unroll)
+    cfg = ATBPTTConfig(unroll=unroll, window=window, window_delta=min(int(delta_frac * window), window - 1),
+                       tau=tau, adaptive_window=adaptive, window_eta=kind)
+    probs, windows = start_distribution(norms, stage, cfg)
+    assert probs.shape == windows.shape == (unroll,)
+    assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-9)
+    fits = torch.arange(unroll) + windows <= unroll
+    assert torch.equal(probs > 0, fits)  # support: exactly the starts whose own window fits
+    assert fits[0]  # never empty
+    if not adaptive:  # one window for all: the support is the interval [0, T - W]
+        assert torch.equal(fits.nonzero().flatten(), torch.arange(unroll - window + 1))
+    if stage == MIDDLE:
+        assert torch.allclose(probs[fits], torch.full_like(probs[fits], 1 / int(fits.sum())))
+
+
+@settings(max_examples=40, deadline=None)
+@given(norms=norms_strategy, stage=st.sampled_from([EARLY, LATE]), tau=st.floats(0.05, 20),
+       scale=st.floats(1e-3, 1e3))
+def test_the_temperature_acts_on_norms_relative_to_their_mean(norms, stage, tau, scale):
+    """Multiplying every gradient norm by a constant (another dataset, another width) changes nothing."""
+    assert torch.allclose(position_probs(norms * scale, stage, tau), position_probs(norms, stage, tau), atol=1e-9)
 
 
 def test_window_grows_with_the_gradient_norm_change():
@@ -174,8 +212,6 @@ def meta_gradient_cosine(**cfg) -> float:
     """Cosine between the low-rank-Hessian meta-gradient and the exact one (a reporting helper)."""
     args, _ = _lowrank_problem()
     exact = meta_gradient(*args, mode="recompute").images
-    from methods.at_bptt import ATBPTTConfig
-
     hessian = LowRankHessian(ATBPTTConfig(**cfg), seed=0)
     approx = meta_gradient(*args, mode="recompute", curvature=hessian.for_step(0)).images
     return float(F.cosine_similarity(approx.flatten(), exact.flatten(), dim=0))
@@ -228,16 +264,19 @@ def test_with_every_switch_off_it_is_rat_bptt(digits):
         rat.apply(gr)
 
 
-def test_method_reaches_every_stage_and_resumes_exactly(digits):
+@pytest.mark.parametrize("signal", ["probe", "outer"])
+def test_method_reaches_every_stage_and_resumes_exactly(digits, signal):
     cfg = dict(unroll=12, window=4, window_delta=2, real_batch=64, steps_per_epoch=1, gain_threshold=100.0,
-               patience_fraction=0.2, hessian_rank=3, hessian_refresh=2)
+               patience_fraction=0.2, low_rank_hessian=True, hessian_rank=3, hessian_refresh=2, hessian_drift=0.5,
+               stage_signal=signal)
     method = create_method("at_bptt", **cfg)
     method.setup(_task(digits, steps=10))
-    stages, windows = [], []
+    stages, windows, metrics_log = [], [], []
     for step in range(10):
         metrics = method.step(step)
         stages.append(metrics["stage"])
         windows.append(metrics["window"])
+        metrics_log.append(metrics)
         assert 1 <= metrics["window"] <= metrics["unroll"] <= 12
         if step == 5:
             saved = method.state_dict()
@@ -246,18 +285,21 @@ def test_method_reaches_every_stage_and_resumes_exactly(digits):
     assert set(windows) <= set(range(2, 7))
     summary = method.summary()
     assert summary["final_stage"] == "late" and summary["hessian_builds"] >= 1
-    # Resume from step 6 and take the same steps.
+    assert sum(summary["start_histogram"].values()) == 10
+    assert ("probe_accuracy" in metrics_log[0]) == (signal == "probe")
+    # Resume from step 6: the same steps, the same images bit for bit, the same Hessian state.
     resumed = create_method("at_bptt", **cfg)
     resumed.setup(_task(digits, steps=10))
     resumed.load_state_dict(saved)
-    replay = [resumed.step(step)["window"] for step in range(6, 10)]
-    assert replay == windows[6:]
+    replay = [resumed.step(step) for step in range(6, 10)]
+    assert replay == metrics_log[6:]
+    assert torch.equal(resumed.images, method.images) and torch.equal(resumed.norms, method.norms)
+    assert resumed.hessian.last_drift == method.hessian.last_drift
+    assert resumed.tracker.state_dict() == method.tracker.state_dict() and resumed.summary() == summary
 
 
 def test_hessian_is_reused_until_it_drifts_or_is_due():
     """The refresh policy, on explicit matrices standing in for the inner loss's Hessian."""
-    from methods.at_bptt import ATBPTTConfig
-
     torch.manual_seed(0)
     n = 12
     Q = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64)).Q
@@ -284,3 +326,29 @@ def test_hessian_is_reused_until_it_drifts_or_is_due():
         curvature(5, params, v, hvp_of(H1))
         curvature(4, params, v, hvp_of(H1))  # later steps of the same window reuse it
     assert due.builds == 3  # outer steps 0, 2, 4
+
+
+@pytest.mark.slow
+def test_late_stage_at_large_tau_is_near_uniform_through_the_runner(write_suite, cli, tmp_path):
+    """The measurement of the bug report, through the CLI: T = 30, W = 12 (d = 3), the late stage
+    from the first step on, tau very large: the starts are near-uniform over those that fit,
+    with no mass piled on one start (before the fix, 31% of the draws landed on one start)."""
+    from scipy.stats import chisquare
+
+    from conftest import tiny_suite
+    from harness.report import iter_records
+
+    config = {"unroll": 30, "window": 12, "window_delta": 3, "tau": 1e9, "stage_switch": "steps",
+              "stage_boundaries": [0.0, 0.0]}
+    suite = tiny_suite(methods={"at_bptt": config}, budget={"outer_steps": 240, "checkpoint_minutes": 10.0})
+    code, _, err = cli("run", write_suite(suite), "--out", tmp_path / "out", "-q")
+    assert code == 0, err
+    (record,) = [r for _, r in iter_records(tmp_path / "out")]
+    summary = record.distill.method_summary
+    assert summary["final_stage"] == "late" and summary["stage_switched_at"] == [1, 1]
+    counts = {int(k): v for k, v in summary["start_histogram"].items()}
+    assert sum(counts.values()) == 240
+    assert max(counts) <= 30 - (12 - 3)  # a start fits only with a window of at least W - d
+    assert max(counts.values()) / 240 < 0.12  # uniform over ~19-22 starts: ~5% each
+    always = [counts.get(t, 0) for t in range(30 - 12 - 3 + 1)]  # these fit whatever the window
+    assert chisquare(always).pvalue > 1e-3

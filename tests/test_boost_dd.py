@@ -132,7 +132,7 @@ def test_beta_zero_freezes_earlier_blocks(toy):
         assert torch.equal(final.images[rows], snapshots[k].images[rows])  # ...and then frozen
         assert torch.equal(final.labels[rows], snapshots[k].labels[rows])
     assert m.summary() == {"base": "rat_bptt", "blocks": 3, "block_ipc": 1, "beta": 0.0, "budget": "split",
-                           "steps_per_block": [2, 2, 2]}
+                           "steps_per_block": [2, 2, 2], "base_summary": {}}
 
 
 def test_small_beta_moves_earlier_blocks_less(toy):
@@ -311,7 +311,7 @@ def test_digits_suite_end_to_end_with_subset_curves(tmp_path):
 
     boosted = records[("boost_dd", 2)]
     assert boosted["distill"]["method_summary"] == {"base": "rat_bptt", "blocks": 2, "block_ipc": 1, "beta": 0.1,
-                                                     "budget": "split", "steps_per_block": [2, 2]}
+                                                     "budget": "split", "steps_per_block": [2, 2], "base_summary": {}}
     assert [h["block"] for h in boosted["distill"]["history"]] == [0, 0, 1, 1]
     base_config = boosted["method_config"]["base_config"]  # [method_defaults] reached the base
     assert (base_config["real_batch"], base_config["init"], base_config["outer_lr"]) == (128, "real", 0.01)
@@ -341,3 +341,31 @@ def test_suite_with_an_ipc_that_is_not_whole_blocks_fails_before_writing(tmp_pat
         run_suite(load_suite(path), tmp_path / "out", progress=False)
     assert "block_ipc" in str(err.value)
     assert not list((tmp_path / "out").rglob("*.json"))
+
+
+def test_a_base_that_cannot_hold_rows_fixed_is_refused_before_any_work(tmp_path):
+    """A linear basis shares its basis images across rows, so Boost-DD's beta cannot damp the
+    earlier blocks: the suite is refused at its check, before the first cell writes anything
+    (it used to fail at block 2, after block 1's distillation and checkpoints)."""
+    from harness.run.runner import run_suite
+    from harness.run.suite import load_suite
+
+    path = tmp_path / "suite.toml"
+    path.write_text(SUITE.replace("base_config = { unroll = 4, window = 2 }",
+                                  'base_config = { unroll = 4, window = 2, parameterization = '
+                                  '{ kind = "linear_basis", bases = 2 } }'))
+    with pytest.raises(ConfigError) as err:
+        run_suite(load_suite(path), tmp_path / "out", progress=False)
+    assert err.value.field == "methods.boost_dd.base_config.parameterization" and "IPC 2" in str(err.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*"))
+
+
+def test_summary_keeps_the_base_methods_summary(toy):
+    method = create_method("boost_dd", blocks=2, base="at_bptt",
+                           base_config={"unroll": 4, "window": 2, "window_delta": 1, "real_batch": 32})
+    method.setup(make_task(toy, ipc=2, steps=2))
+    for step in range(2):
+        method.step(step)
+    summary = method.summary()
+    assert summary["base"] == "at_bptt" and summary["base_summary"]["final_stage"] in ("early", "middle", "late")
+    assert sum(summary["base_summary"]["start_histogram"].values()) == 1  # the second block's one step

@@ -298,13 +298,49 @@ def test_window_out_of_range_is_rejected():
             meta_gradient(model, model.parameters(), opt, lr, images, labels, schedule, window, real_x, real_y)
 
 
-def test_offloaded_snapshots_give_the_same_meta_gradient():
-    """Snapshots kept in host memory (a no-op copy on a CPU run, a real one on CUDA) change nothing."""
+def test_offloaded_snapshots_are_copies_and_change_nothing(monkeypatch):
+    """The offload path on the CPU: every step of the window is snapshotted through the host copy,
+    and the reverse pass rebuilds step t from exactly step t's copy (in reverse order); the
+    meta-gradient is the same as without offloading."""
+    import harness.engine.unroll as unroll
+
     net, images, labels, lr, schedule, real_x, real_y = make_problem()
     model = FunctionalModel(net)
     opt = make_inner_optimizer(OPTIMIZERS["adam"])
     args = (model, model.parameters(), opt, lr, images, labels, schedule, 5, real_x, real_y)
     plain = meta_gradient(*args, mode="recompute")
+    copies, reversed_from = [], []
+    monkeypatch.setattr(unroll, "_to_host", lambda carry: copies.append(
+        (carry[0].clone(), tuple(a.clone() for a in carry[1]))) or copies[-1])
+    real_reverse = unroll.UnrollSteps.reverse
+
+    def spy(self, t, carry, adjoint):
+        reversed_from.append((t, carry[0]))
+        return real_reverse(self, t, carry, adjoint)
+
+    monkeypatch.setattr(unroll.UnrollSteps, "reverse", spy)
     offloaded = meta_gradient(*args, mode="recompute", offload_snapshots=True)
+    assert len(copies) == 5  # one snapshot per step of the window
+    assert [t for t, _ in reversed_from] == [5, 4, 3, 2, 1]  # N = 6, window 5: steps 1..5, backwards
+    assert all(flat is copies[t - 1][0] for t, flat in reversed_from)
     for key in ("images", "labels", "lr"):
         assert torch.equal(getattr(offloaded, key), getattr(plain, key))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offloaded_snapshots_on_cuda_give_the_same_meta_gradient():
+    """On CUDA the snapshots really go to pinned host memory and back, asynchronously."""
+    net, images, labels, lr, schedule, real_x, real_y = make_problem()
+    device = torch.device("cuda")
+    model = FunctionalModel(net.to(device))
+    opt = make_inner_optimizer(OPTIMIZERS["adam"])
+    args = (model, model.parameters(), opt, lr.to(device) if isinstance(lr, torch.Tensor) else lr,
+            images.detach().to(device).requires_grad_(images.requires_grad),
+            labels.detach().to(device).requires_grad_(labels.requires_grad),
+            type(schedule)(schedule.indices.to(device), None if schedule.affine is None else schedule.affine.to(device)),
+            5, real_x.to(device), real_y.to(device))
+    plain = meta_gradient(*args, mode="recompute")
+    offloaded = meta_gradient(*args, mode="recompute", offload_snapshots=True)
+    for key in ("images", "labels", "lr"):
+        torch.testing.assert_close(getattr(offloaded, key), getattr(plain, key), rtol=1e-12, atol=0)

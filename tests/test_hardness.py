@@ -369,12 +369,12 @@ def test_hardness_table_renders_from_records():
     assert "easiest" in lines[0] and "hardest" in lines[0] and "all" in lines[0]
     body = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert [row[:2] for row in body] == [["random_real", "10"], ["rat_bptt", "1"], ["rat_bptt", "10"]]
-    assert body[2][2:] == ["90.00", "25.00", "57.50"]  # four models pooled over two seeds
+    assert body[2][2:] == ["90.00", "25.00", "57.50", "2x2"]  # four models pooled over two seeds
     assert "no_section" not in text
     assert "hardest: n=10, forgotten once + 1 never learned, wrong at 0-3 of 5 checkpoints" in text
 
     latex = hardness_table(records, "latex").splitlines()
-    assert latex[0].startswith("% digits: test accuracy") and "\\begin{tabular}{lllll}" in latex
+    assert latex[0].startswith("% digits: test accuracy") and "\\begin{tabular}{llllll}" in latex
     assert any(line.split("&")[0].strip() == r"random\_real" for line in latex)  # escaped
     rows = hardness_table(records, "csv").strip().splitlines()
     assert rows[0].startswith("dataset,method,ipc,bucket") and len(rows) == 1 + 3 * 2
@@ -405,3 +405,13 @@ def test_cli_hardness_view_without_sections_exits_2(cli, tmp_path):
     assert code == 2 and out == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ddbench: error: ") and "--view" in lines[0]
+
+
+def test_hardness_view_refuses_to_pool_different_configs():
+    from harness.core.errors import DDBenchError
+
+    a = {**_record("rat_bptt", 10, 0, [[0.9, 0.8], [0.2, 0.3]]), "config_id": "cfg-a", "run_id": "a"}
+    b = {**_record("rat_bptt", 10, 1, [[0.9, 0.8], [0.2, 0.3]]), "config_id": "cfg-b", "run_id": "b"}
+    with pytest.raises(DDBenchError) as err:
+        hardness_table(typed([a, b]))
+    assert err.value.field == "config_id"

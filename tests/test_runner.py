@@ -29,7 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-MEMORY_KINDS = ("cuda_max_allocated", "cpu_peak_rss")
+MEMORY_KINDS = ("cuda_max_allocated_above_start", "cpu_peak_rss")
 
 
 def smoke_on_a_tiny_budget() -> dict:
@@ -161,13 +161,25 @@ def test_smoke_suite_end_to_end(write_suite, cli, tmp_path):
 # ----------------------------------------------------------------------------- resuming
 
 
+RESUME_CONFIGS = {
+    "tbptt": {"unroll": 4, "window": 2},
+    "rat_bptt": {"unroll": 4, "window": 2},
+    # Every piece of AT-BPTT's state: stage tracker (probe signal), norms, the low-rank Hessian and its drift.
+    "at_bptt": {"unroll": 6, "window": 3, "window_delta": 1, "steps_per_epoch": 2, "gain_threshold": 100.0,
+                "patience_fraction": 0.3, "low_rank_hessian": True, "hessian_rank": 2, "hessian_refresh": 3,
+                "hessian_drift": 0.3},
+    # Interrupted at the start of its second block.
+    "boost_dd": {"blocks": 2, "base_config": {"unroll": 4, "window": 2}},
+}
+
+
 def _resume_suite(method: str, steps: int) -> dict:
-    config = {"unroll": 4, "window": 2}
-    return tiny_suite(methods={method: config},
+    ipc = 2 if method == "boost_dd" else 1
+    return tiny_suite(methods={method: RESUME_CONFIGS[method]}, grid={"datasets": ["digits"], "ipcs": [ipc]},
                       budget={"outer_steps": steps, "checkpoint_minutes": 1e-9})  # a checkpoint every step
 
 
-@pytest.mark.parametrize("method", ["tbptt", "rat_bptt"])
+@pytest.mark.parametrize("method", list(RESUME_CONFIGS))
 def test_interrupted_run_resumes_bit_identically(method, write_suite, cli, tmp_path, monkeypatch):
     steps, stop_at = 5, 3
     path = write_suite(_resume_suite(method, steps))
@@ -215,6 +227,8 @@ def test_interrupted_run_resumes_bit_identically(method, write_suite, cli, tmp_p
     assert [h["step"] for h in record["distill"]["history"]] == list(range(steps))  # no step twice
     reference_record = read_record(cell_paths(tmp_path / "a", cell)["record"])
     assert record["eval"]["accuracy_per_model"] == reference_record["eval"]["accuracy_per_model"]
+    assert record["distill"]["history"] == reference_record["distill"]["history"]  # every metric of every step
+    assert record["distill"]["method_summary"] == reference_record["distill"]["method_summary"]
 
 
 def test_checkpoint_of_other_run_id_is_rejected_when_resuming(write_suite, cli, tmp_path, monkeypatch):
@@ -292,7 +306,7 @@ def test_cuda_run_measures_allocated_memory(write_suite, cli, tmp_path):
     assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 0
     for cell in load_suite(path).cells():
         record = read_record(cell_paths(tmp_path / "out", cell)["record"])
-        assert record["distill"]["memory_kind"] == "cuda_max_allocated"
+        assert record["distill"]["memory_kind"] == "cuda_max_allocated_above_start"
         assert record["hardware"]["device"].startswith("cuda") and record["hardware"]["cuda"]
         if cell.method != "random_real":
             assert record["distill"]["peak_memory_bytes"] > 0
@@ -329,3 +343,32 @@ def test_bad_analysis_network_is_refused_before_anything_runs(write_suite, cli, 
     code, _, err = cli("run", write_suite(data), "--out", tmp_path / "out", "-q")
     assert code == 2 and "hardness.model" in err and len(err.strip().splitlines()) == 1
     assert files_under(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("inner, evaluation, refused", [
+    ({"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 0.001}, True),  # an SGD lr is no Adam lr
+    ({"name": "sgd", "lr": 0.01, "momentum": 0.5}, {"name": "sgd", "lr": 0.01}, True),  # nor another momentum's
+    ({"name": "sgd", "lr": 0.01}, {"name": "sgd", "lr": 0.5}, False),  # the same optimizer: its lr is replaced
+])
+def test_a_learned_lr_is_used_only_with_the_optimizer_it_was_learned_for(inner, evaluation, refused, write_suite,
+                                                                        cli, tmp_path):
+    data = tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2, "learn_lr": True, "inner": inner}},
+                      eval={"models": 1, "steps": 3, "augment": {"ops": []}, "optimizer": evaluation})
+    code, _, err = cli("run", write_suite(data), "--out", tmp_path / "out", "-q")
+    if refused:
+        assert code == 2 and ": eval.use_learned_lr: " in err and "methods.tbptt" in err
+        assert len(err.strip().splitlines()) == 1 and files_under(tmp_path / "out") == []
+    else:
+        assert code == 0, err
+        (record,) = [read_record(p) for p in (tmp_path / "out").rglob("*.json")]
+        distilled = DistilledSet.load(next((tmp_path / "out").rglob("*.distilled.pt")))
+        assert distilled.lr is not None and distilled.lr_optimizer["name"] == "sgd"
+        assert record["status"] == "ok"
+    # No pre-check at all (a saved set evaluated by hand): the evaluation itself refuses.
+    from harness.core.errors import ConfigError
+    from harness.evaluation.protocol import check_learned_lr
+    from harness.engine.optim import InnerOptimizerConfig, optimizer_without_lr
+
+    if refused:
+        with pytest.raises(ConfigError):
+            check_learned_lr(optimizer_without_lr(InnerOptimizerConfig(**inner)), InnerOptimizerConfig(**evaluation))

@@ -228,8 +228,8 @@ def test_subset_table_joins_direct_records_by_method_dataset_ipc():
     assert "block prefix" in boost_part and "direct rat_bptt" in boost_part
     assert "block prefix" not in rat_part
     row2 = next(line for line in rat_part.splitlines() if line.startswith("| 2 "))
-    assert [c.strip() for c in row2.strip("|").split("|")] == ["2", "51.00 ± 1.00", "43.00 ± 2.24", "78.00 ± 2.24",
-                                                               "56.00 ± 1.00"]
+    assert [c.strip() for c in row2.strip("|").split("|")] == ["2", "51.00 ± 1.00 (n=2)", "43.00 ± 2.24 (n=4)",
+                                                               "78.00 ± 2.24 (n=4)", "56.00 ± 1.00 (n=2)"]
     row1 = next(line for line in rat_part.splitlines() if line.startswith("| 1 "))
     assert row1.rstrip(" |").endswith("-")  # random_real has no IPC 1 record
     assert r"$\pm$" in subset_table(RECORDS, "latex")
@@ -313,3 +313,15 @@ def test_real_evaluation_of_subsets():
                        SubsetEvalConfig(enabled=True, sizes=[2], draws=1), 0, torch.device("cpu"))
     assert [e["kind"] for e in out] == ["block_prefix", "prefix", "random"]
     assert all(len(e["accuracy_per_model"]) == 1 and 0 <= e["accuracy_mean"] <= 1 for e in out)
+
+
+def test_subset_view_refuses_to_pool_different_configs_and_counts_a_run_once():
+    from harness.core.errors import DDBenchError
+
+    curve = [entry("prefix", 2, [0.5, 0.52]), entry("full", 4, [0.9, 0.92])]
+    a = {**record("rat_bptt", 4, [0.9, 0.92], curve=curve), "config_id": "cfg-a", "run_id": "run-a"}
+    b = {**record("rat_bptt", 4, [0.8, 0.82], curve=curve, seed=1), "config_id": "cfg-b", "run_id": "run-b"}
+    with pytest.raises(DDBenchError) as err:
+        subset_table([a, b])
+    assert err.value.field == "config_id"
+    assert subset_table([a, a], "csv") == subset_table([a], "csv")  # the same record twice: n unchanged

@@ -45,6 +45,16 @@ def _pooled(records, method, dataset, ipc):
     return 100 * statistics.fmean(accs), 100 * statistics.pstdev(accs)
 
 
+def _behind(records, method, dataset, ipc) -> str:
+    """What a cell says stands behind its number: models x seeds (or the totals), outer steps."""
+    rs = [r for r in records if (r["method"], r["dataset"], r["ipc"]) == (method, dataset, ipc)]
+    models = {len(r["eval"]["accuracy_per_model"]) for r in rs}
+    count = f"{models.pop()}x{len(rs)}" if len(models) == 1 else (
+        f"{sum(len(r['eval']['accuracy_per_model']) for r in rs)} models, {len(rs)} seeds")
+    steps = statistics.median(r["distill"]["outer_steps"] for r in rs)
+    return f"({count}, {steps:g} steps)" if steps else f"({count})"
+
+
 def test_accuracy_table_layout_baseline_first_and_missing_cells():
     records = _records()
     accuracy = render(records, "github").split("Distillation cost")[0]
@@ -58,7 +68,7 @@ def test_accuracy_table_layout_baseline_first_and_missing_cells():
         for cell, (d, k) in zip(cells, [("digits", 1), ("digits", 10), ("mnist", 1)]):
             if cell != "-":
                 mean, std = _pooled(records, method, d, k)
-                assert cell == f"{mean:.2f} ± {std:.2f}"
+                assert cell == f"{mean:.2f} ± {std:.2f} {_behind(records, method, d, k)}"
 
 
 def test_seeds_are_pooled_over_models():
@@ -165,7 +175,34 @@ def test_empty_views_are_refused_alone_and_skipped_in_all():
 def test_records_of_different_configs_are_not_pooled_as_seeds():
     same = typed([make_record(seed=0, config_id="aaaa"), make_record(seed=1, config_id="aaaa")])
     assert "60.00" in render(same)  # two seeds of one config: pooled
-    mixed = typed([make_record(seed=0, config_id="aaaa"), make_record(seed=0, config_id="bbbb")])
+    mixed = typed([make_record(seed=0, config_id="aaaa", run_id="aaaa0"),
+                   make_record(seed=0, config_id="bbbb", run_id="bbbb0")])
     with pytest.raises(DDBenchError) as err:
         render(mixed)
     assert err.value.field == "config_id" and "aaaa, bbbb" in err.value.message
+
+
+def test_a_run_found_twice_counts_once_and_two_results_of_one_run_are_refused():
+    """A local folder and a published copy of it: the same records twice are one set of seeds."""
+    records = _records()
+    twice = render(records + _records(), "github")
+    assert twice == render(records, "github")
+    rerun = make_record("bptt", "digits", 1, accs=(0.1, 0.2))  # same run id, another result
+    with pytest.raises(DDBenchError) as err:
+        render(records + typed([{**rerun, "finished_at": "2024-02-01T00:00:00+00:00"}]))
+    assert err.value.field == "run_id" and "bptt-digits-1-0" in err.value.message
+
+
+def test_a_single_model_is_not_shown_as_plus_minus_zero():
+    cell = _table_rows(render(typed([make_record(accs=(0.5,))])).split("Distillation cost")[0])["tbptt"][0]
+    assert cell == "50.00 (1x1, 10 steps)" and "±" not in cell
+
+
+def test_a_diverged_run_shows_as_diverged_never_as_a_number():
+    diverged = make_record("rat_bptt", seed=1, run_id="r1", status="diverged", accs=(0.1,))
+    diverged["eval"].update(accuracy_mean=None, accuracy_std=None, accuracy_per_model=[])
+    records = typed([make_record("rat_bptt", seed=0, run_id="r0"), diverged, make_record("bptt", run_id="b0")])
+    rows = _table_rows(render(records).split("Distillation cost")[0])
+    assert rows["rat_bptt"] == ["diverged (1 of 2 seeds)"] and rows["bptt"][0].startswith("60.00")
+    csv_rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render(records, "csv")))}
+    assert csv_rows["rat_bptt"]["status"] == "diverged (1 of 2 seeds)" and csv_rows["rat_bptt"]["accuracy_mean"] == ""

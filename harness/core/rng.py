@@ -31,6 +31,7 @@ class Stream(IntEnum):
     VALIDATION = 31  # the validation split held out of the training set (evaluation protocols)
     RANDOM_SUBSET = 37  # random real subsets of the scores' baselines (DD-Ranking IOR)
     CHECKPOINT_EVAL = 41  # anytime evaluation during distillation
+    PATCH = 43  # AT-BPTT: the real images of the patch-wise semantic preservation term at step t
 
 
 def seed_from(*words: int) -> int:

@@ -13,13 +13,13 @@ from harness.engine.functional import FunctionalModel, Params, global_norm, inne
 from harness.engine.optim import (OPTIMIZERS, InnerOptimizer, InnerOptimizerConfig, make_inner_optimizer,
                                   make_torch_optimizer)
 from harness.engine.schedule import InnerSchedule, class_balanced_schedule
-from harness.engine.unroll import (Curvature, MetaGradient, UnrollSteps, inner_step, meta_gradient,
-                                   outer_loss_and_grad, trajectory_grad_norms)
+from harness.engine.unroll import (Curvature, MetaGradient, UnrollSteps, accuracy, inner_step, meta_gradient,
+                                   outer_loss_and_grad, plain_trajectory, trajectory_grad_norms)
 
 __all__ = [
     "FunctionalModel", "Params", "global_norm", "inner_loss",
     "OPTIMIZERS", "InnerOptimizer", "InnerOptimizerConfig", "make_inner_optimizer", "make_torch_optimizer",
     "InnerSchedule", "class_balanced_schedule",
-    "Curvature", "MetaGradient", "UnrollSteps", "inner_step", "meta_gradient", "outer_loss_and_grad",
-    "trajectory_grad_norms",
+    "Curvature", "MetaGradient", "UnrollSteps", "accuracy", "inner_step", "meta_gradient", "outer_loss_and_grad",
+    "plain_trajectory", "trajectory_grad_norms",
 ]

@@ -167,6 +167,13 @@ class Adam(InnerOptimizer):
         return super().trainer(cfg, params)
 
 
+def optimizer_without_lr(cfg: InnerOptimizerConfig | dict) -> dict:
+    """The optimizer's config as JSON without its lr: what a learned lr belongs to."""
+    data = cfg.model_dump(mode="json") if isinstance(cfg, InnerOptimizerConfig) else dict(cfg)
+    data.pop("lr", None)
+    return InnerOptimizerConfig(**data, lr=1.0).model_dump(mode="json", exclude={"lr"})
+
+
 def make_inner_optimizer(cfg: InnerOptimizerConfig) -> GradientTransformation:
     """The functional (torchopt) form of ``cfg`` at learning rate 1 (the engine scales by lr)."""
     return OPTIMIZERS.get(cfg.name).transformation(cfg)

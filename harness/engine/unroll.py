@@ -385,17 +385,31 @@ def meta_gradient(
                         grad_norms=torch.stack(norms), final_params=final)
 
 
-def trajectory_grad_norms(model: FunctionalModel, init_params: Params, optimizer: GradientTransformation,
-                          lr: torch.Tensor | float, images: torch.Tensor, labels: torch.Tensor,
-                          schedule: InnerSchedule) -> torch.Tensor:
-    """``||grad_params L_t||`` at every step of plain inner training (no graph kept): a probe."""
+def plain_trajectory(model: FunctionalModel, init_params: Params, optimizer: GradientTransformation,
+                     lr: torch.Tensor | float, images: torch.Tensor, labels: torch.Tensor,
+                     schedule: InnerSchedule) -> tuple[torch.Tensor, Params]:
+    """Plain inner training (no graph kept): ``||grad_params L_t||`` at every step, and the final
+    parameters. A probe of the trajectory the unroll differentiates."""
     steps = UnrollSteps(model, optimizer, images.detach(), labels.detach(),
                         lr.detach() if isinstance(lr, torch.Tensor) else lr, schedule)
     carry, norms = steps.init(init_params), []
     for t in range(len(schedule)):
         carry, _, norm = steps.forward(t, carry)
         norms.append(norm)
-    return torch.stack(norms)
+    return torch.stack(norms), steps.params(carry)
+
+
+def trajectory_grad_norms(*args) -> torch.Tensor:
+    """``||grad_params L_t||`` at every step of :func:`plain_trajectory` (same arguments)."""
+    return plain_trajectory(*args)[0]
+
+
+@torch.no_grad()
+def accuracy(model: FunctionalModel, params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> float:
+    """Top-1 accuracy of ``model(params)`` on ``(x, y)``, in chunks (no graph)."""
+    correct = sum(int((model(params, x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum())
+                  for i in range(0, x.shape[0], chunk))
+    return correct / max(1, x.shape[0])
 
 
 def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):

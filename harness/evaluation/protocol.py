@@ -21,7 +21,8 @@ from harness.core.process import seeded
 from harness.core.rng import Stream, step_seed
 from harness.data import DatasetSplits
 from harness.engine import inner_loss
-from harness.engine.optim import InnerOptimizerConfig, make_torch_optimizer
+from harness.core.errors import ConfigError
+from harness.engine.optim import InnerOptimizerConfig, make_torch_optimizer, optimizer_without_lr
 from harness.method import DistilledSet
 from harness.models import AugmentConfig, ModelConfig, augment, create_model
 
@@ -49,6 +50,22 @@ class EvalProtocol(BaseModel):
         return self
 
 
+def check_learned_lr(learned_for: dict | None, optimizer: InnerOptimizerConfig, where: str = "eval") -> None:
+    """Refuse to train with a learned inner lr under another optimizer than the one it was learned
+    for (an Adam lr is no SGD lr): a :class:`ConfigError` naming the fields."""
+    if learned_for is not None and learned_for != optimizer_without_lr(optimizer):
+        raise ConfigError(f"the distilled set's learned lr belongs to the {learned_for['name']!r} inner optimizer "
+                          f"{_options(learned_for)}, not to {where}.optimizer ({optimizer.name!r} "
+                          f"{_options(optimizer_without_lr(optimizer))}); set {where}.use_learned_lr = false, or "
+                          f"{where}.optimizer to the inner optimizer", field=f"{where}.use_learned_lr")
+
+
+def _options(cfg: dict) -> str:
+    default = optimizer_without_lr(InnerOptimizerConfig(name=cfg["name"]))
+    changed = {k: v for k, v in cfg.items() if k != "name" and v != default[k]}
+    return "(" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "(defaults)"
+
+
 @dataclass
 class EvalResult:
     accuracy_per_model: list[float]
@@ -71,6 +88,7 @@ def train_on(distilled: DistilledSet, data: DatasetSplits, protocol: EvalProtoco
         net = create_model(model_cfg, data.image_shape, data.num_classes).to(device, dtype)
     opt_cfg = protocol.optimizer
     if protocol.use_learned_lr and distilled.lr is not None:
+        check_learned_lr(distilled.lr_optimizer, protocol.optimizer)
         opt_cfg = opt_cfg.model_copy(update={"lr": distilled.lr})
     opt = make_torch_optimizer(opt_cfg, net.parameters())
     if protocol.lr_schedule == "cosine":

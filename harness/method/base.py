@@ -80,7 +80,9 @@ class DistilledSet:
     """A distilled set, class-major: rows ``[c * ipc, (c + 1) * ipc)`` belong to class c.
 
     ``labels`` are int64 classes or float soft labels; ``blocks`` (optional) gives the block
-    of every row for sets grown block by block (Boost-DD); ``lr`` a learned inner lr.
+    of every row for sets grown block by block (Boost-DD); ``lr`` a learned inner lr, and
+    ``lr_optimizer`` the inner optimizer it was learned for (its config as JSON, without lr):
+    evaluation uses the lr only with that optimizer.
     """
 
     images: torch.Tensor
@@ -88,6 +90,7 @@ class DistilledSet:
     num_classes: int
     ipc: int
     lr: float | None = None
+    lr_optimizer: dict[str, Any] | None = None
     blocks: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +131,7 @@ class DistilledSet:
             "num_classes": self.num_classes,
             "ipc": self.ipc,
             "lr": self.lr,
+            "lr_optimizer": self.lr_optimizer,
             "blocks": None if self.blocks is None else self.blocks.cpu(),
             "meta": self.meta,
         }
@@ -136,7 +140,7 @@ class DistilledSet:
     @classmethod
     def load(cls, path: str | Path) -> "DistilledSet":
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        return cls(**payload)
+        return cls(**{"lr_optimizer": None, **payload})  # files of ddbench 0.1 have no lr_optimizer
 
 
 class Method(ABC):
@@ -159,6 +163,10 @@ class Method(ABC):
     def outer_steps(self, task: DistillTask) -> int:
         """How many outer steps this method takes on ``task`` (0 for methods that do not optimize)."""
         return task.outer_steps
+
+    def learned_lr_optimizer(self) -> BaseModel | None:
+        """The inner optimizer config whose lr this method learns, or None (it learns none)."""
+        return None
 
     def check(self, task: DistillTask) -> None:
         """Raise ``DDBenchError``/``ValueError`` if this config cannot run on ``task``; cheap (no

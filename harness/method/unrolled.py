@@ -26,7 +26,7 @@ from harness.core.process import tf32
 from harness.core.rng import Stream, step_seed
 from harness.engine import FunctionalModel, MetaGradient, class_balanced_schedule, meta_gradient
 from harness.engine.cudagraphs import StepGraphs
-from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
+from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer, optimizer_without_lr
 from harness.method.base import DistilledSet, DistillTask, Method
 from harness.models import AugmentConfig, augment, create_model, reinitialize
 
@@ -326,10 +326,13 @@ class UnrolledMethod(Method):
 
     # ------------------------------------------------------------------ results and checkpoints
 
+    def learned_lr_optimizer(self) -> InnerOptimizerConfig | None:
+        return self.config.inner if self.config.learn_lr else None
+
     def distilled(self) -> DistilledSet:
         lr = float(self.log_lr.detach().exp()) if self.config.learn_lr else None
         return DistilledSet(self.images.detach().cpu(), self.labels.detach().cpu(), self.task.num_classes,
-                            self.ipc, lr=lr)
+                            self.ipc, lr=lr, lr_optimizer=optimizer_without_lr(self.config.inner) if lr else None)
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies, on the CPU): the run goes on updating its own tensors in place."""

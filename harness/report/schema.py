@@ -50,7 +50,8 @@ class DistillSection(_Section):
     seconds_per_outer_step: float = Field(ge=0)
     median_seconds_per_outer_step: float | None = None
     peak_memory_bytes: int = Field(ge=0)
-    memory_kind: str
+    memory_kind: str  # cuda_max_allocated_above_start (cuda_max_allocated in early records) | cpu_peak_rss
+    resident_data_bytes: int | None = None  # the cell's dataset on its device, not in the CUDA peak
     history: list[dict[str, Any]] = []
     method_summary: dict[str, Any] = {}
 

@@ -119,30 +119,92 @@ def tabulate_rows(headers: list[str], rows: list[list[str]], fmt: str) -> str:
     return tabulate(rows, headers=headers, tablefmt="latex_raw" if fmt == "latex" else fmt, disable_numparse=True)
 
 
-def group(records: Iterable[RunRecord]) -> dict[tuple[str, str, int], list[RunRecord]]:
-    """Records by (method, dataset, ipc): the seeds of one setting.
-
-    Records of one cell made with different configs (their ``config_id``: the run id without
-    the seed) would be pooled as if they were seeds: refused, naming the cell.
-    """
-    cells: dict[tuple[str, str, int], list[RunRecord]] = defaultdict(list)
+def unique_runs(records: Iterable[RunRecord]) -> list[RunRecord]:
+    """One record per run: the same record found twice (a local and a published copy of one
+    folder) counts once, not as twice the models. Two *different* results under one run id (a
+    rerun after a deleted record, on another machine) are refused, naming the run."""
+    seen: dict[str, RunRecord] = {}
     for r in records:
-        cells[(r.method, r.dataset, r.ipc)].append(r)
-    for (method, dataset, ipc), rs in cells.items():
+        old = seen.setdefault(r.run_id, r)
+        if old is not r and _result(old) != _result(r):
+            raise DDBenchError(f"run {r.run_id} ({r.method} on {r.dataset} IPC {r.ipc}, seed {r.seed}) is recorded "
+                               f"twice with different results (finished {old.finished_at} and {r.finished_at}); "
+                               "render them from separate folders", field="run_id")
+    return list(seen.values())
+
+
+def _result(r: RunRecord) -> tuple:
+    return r.finished_at, r.status, tuple(r.eval.accuracy_per_model)
+
+
+def group(records: Iterable[RunRecord], key: Callable[[RunRecord], tuple] = lambda r: (r.method, r.dataset, r.ipc),
+          ) -> dict[tuple, list[RunRecord]]:
+    """Records by ``key`` (default (method, dataset, ipc): the seeds of one setting), each run once.
+
+    Records of one group made with different configs (their ``config_id``: the run id without
+    the seed) would be pooled as if they were seeds: refused, naming the group. Every view
+    groups through here.
+    """
+    cells: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in unique_runs(records):
+        cells[key(r)].append(r)
+    for cell, rs in cells.items():
         configs = sorted({str(r.config_id) for r in rs})
         if len(configs) > 1:
-            raise DDBenchError(f"{method} on {dataset} IPC {ipc}: records of {len(configs)} different configs "
-                               f"({', '.join(configs)}) would be pooled as seeds; render them from separate folders",
-                               field="config_id")
+            first = rs[0]
+            raise DDBenchError(f"{first.method} on {first.dataset} IPC {first.ipc}: records of {len(configs)} "
+                               f"different configs ({', '.join(configs)}) would be pooled as seeds; render them "
+                               "from separate folders", field="config_id")
     return cells
 
 
+def failed_text(cell_records: list[RunRecord]) -> str | None:
+    """``"diverged"`` / ``"failed"`` (with how many seeds) when a run of the cell did not finish:
+    such a cell shows no number at all."""
+    bad = [r for r in cell_records if r.status != "ok"]
+    if not bad:
+        return None
+    status = "/".join(sorted({r.status for r in bad}))
+    return status if len(bad) == len(cell_records) else f"{status} ({len(bad)} of {len(cell_records)} seeds)"
+
+
+def count_text(cell_records: list[RunRecord]) -> str:
+    """How many networks stand behind a pooled number: ``5x2`` (models x seeds), or
+    ``7 models, 2 seeds`` when the seeds evaluated different numbers of models."""
+    per_seed = {len(r.eval.accuracy_per_model) for r in cell_records}
+    if len(per_seed) == 1:
+        return f"{per_seed.pop()}x{len(cell_records)}"
+    return f"{sum(len(r.eval.accuracy_per_model) for r in cell_records)} models, {len(cell_records)} seeds"
+
+
+def mean_std_text(values: list[float], fmt: str) -> str:
+    """Mean ± std (%) of pooled per-model accuracies; a single value has no ± (it is not 0)."""
+    mean, std = pooled(values)
+    return f"{100 * mean:.2f}" if len(values) == 1 else f"{100 * mean:.2f}{pm(fmt)}{100 * std:.2f}"
+
+
+def accuracy_text(cell_records: list[RunRecord], fmt: str, steps: bool = True) -> str:
+    """A cell: ``96.61 ± 0.73 (5x1, 120 steps)``, or what went wrong."""
+    failed = failed_text(cell_records)
+    if failed:
+        return failed
+    values = [a for r in cell_records for a in r.eval.accuracy_per_model]
+    notes = [count_text(cell_records)]
+    outer = statistics.median(r.distill.outer_steps for r in cell_records)
+    if steps and outer:
+        notes.append(f"{outer:g} steps")
+    return f"{mean_std_text(values, fmt)} ({', '.join(notes)})"
+
+
 def summarize(cell_records: list[RunRecord]) -> dict[str, Any]:
-    """Pooled accuracy and median cost of one (method, dataset, ipc) cell."""
-    accs = [a for r in cell_records for a in r.eval.accuracy_per_model]
-    mean, std = pooled(accs)
+    """Pooled accuracy and median cost of one (method, dataset, ipc) cell; no accuracy (None)
+    when a run of it did not finish (``status``)."""
+    ok = failed_text(cell_records) is None
+    accs = [a for r in cell_records for a in r.eval.accuracy_per_model] if ok else []
+    mean, std = pooled(accs) or (None, None)
     distill = [r.distill for r in cell_records]
     return {
+        "status": failed_text(cell_records) or "ok",
         "accuracy_mean": mean,
         "accuracy_std": std,
         "n_models": len(accs),

@@ -22,7 +22,7 @@ from harness.core.errors import CheckpointError
 from harness.core.io import atomic_torch_save
 from harness.core.provenance import BusyMeter, ddbench_version, git_state, hardware_info
 from harness.data import DatasetSplits
-from harness.engine.memory import PeakMemory
+from harness.engine.memory import PeakMemory, tensor_bytes
 from harness.evaluation import ANALYSES, AnalysisContext, evaluate
 from harness.method import DistillTask, method_class
 from harness.report import SCHEMA_VERSION, RunRecord, record_stem, write_record
@@ -181,6 +181,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
             "median_seconds_per_outer_step": statistics.median(step_times) if step_times else 0.0,
             "peak_memory_bytes": int(peak),
             "memory_kind": meter.kind,
+            "resident_data_bytes": tensor_bytes(data.train_x, data.train_y, data.test_x, data.test_y),
             "history": history,
             "method_summary": json_safe(method.summary()),
         },

@@ -15,7 +15,9 @@ import torch
 from harness.core.errors import CheckpointError, ConfigError, DDBenchError
 from harness.core.process import torch_threads
 from harness.data import DatasetSplits, load_dataset
+from harness.engine.optim import optimizer_without_lr
 from harness.evaluation import ANALYSES
+from harness.evaluation.protocol import check_learned_lr
 from harness.models import create_model
 from harness.report import read_record
 from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint
@@ -94,8 +96,15 @@ def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype
         except ValueError as err:
             raise ConfigError(f"{where}: {err}", file=str(suite.path), field=field) from None
     label = f"methods.{cell.method_label}"
+    method = cell_method(cell)
+    learned_for = method.learned_lr_optimizer()
+    if learned_for is not None and cell.eval.use_learned_lr:
+        try:
+            check_learned_lr(optimizer_without_lr(learned_for), cell.eval.optimizer)
+        except ConfigError as err:
+            raise ConfigError(f"{label}: {err.message}", file=str(suite.path), field=err.field) from None
     try:
-        cell_method(cell).check(cell_task(cell, data, torch.device("cpu"), dtype))
+        method.check(cell_task(cell, data, torch.device("cpu"), dtype))
     except DDBenchError as err:  # a method's own config check that needs the task (its field named)
         raise ConfigError(f"{where}: {err.message}", file=str(suite.path),
                           field=f"{label}.{err.field}" if err.field else label) from None

@@ -8,7 +8,8 @@ import json
 from collections import defaultdict
 
 from harness.report.schema import HardnessBucket, RunRecord
-from harness.report.tables import check_format, latex_text, method_key, pooled, register_view, tabulate_rows
+from harness.report.tables import (check_format, count_text, group, latex_text, method_key, pooled, register_view,
+                                   tabulate_rows)
 
 
 def _span(lo: int, hi: int) -> str:
@@ -50,9 +51,10 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
     """
     check_format(fmt)
     groups: dict[tuple, dict[tuple[str, int], list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
+    cells_by_config = group(records)  # one config per (method, dataset, ipc), each run once
+    for r in (r for rs in cells_by_config.values() for r in rs):
         section = r.hardness
-        if section is None or not section.buckets:
+        if section is None or not section.buckets or r.status != "ok":
             continue
         # Records are only put side by side when their buckets are the same sets of test examples.
         shape = tuple((b.label, b.score_min, b.score_max, b.n_never_learned, b.n, b.misclassified_min,
@@ -86,13 +88,14 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
     parts = []
     for (dataset, _, shape), cells in sorted(groups.items(), key=lambda g: g[0][:2]):
         first = next(iter(cells.values()))[0].hardness
-        headers = [latex_text(h, fmt) for h in ["method", "IPC", *(b.label for b in first.buckets), "all"]]
+        headers = [latex_text(h, fmt) for h in ["method", "IPC", *(b.label for b in first.buckets), "all",
+                                                "models x seeds"]]
         rows = []
         for method, ipc in sorted(cells, key=order):
             rs = cells[(method, ipc)]
             rows.append([latex_text(method, fmt), str(ipc),
                          *(_mean_cell(_bucket_accs(rs, k)) for k in range(len(shape))),
-                         _mean_cell([a for r in rs for a in r.eval.accuracy_per_model])])
+                         _mean_cell([a for r in rs for a in r.eval.accuracy_per_model]), count_text(rs)])
         epochs = first.config["epochs"]
         notes = [f"{dataset}: test accuracy (%) per hardness bucket, pooled over models x seeds; {first.score}",
                  *(_legend(b, epochs) for b in first.buckets)]

@@ -1,8 +1,9 @@
 """The main view: accuracy and cost per method x (dataset, IPC).
 
 Rows are methods (``random_real`` first), columns are dataset/IPC. The accuracy table pools
-the per-model test accuracies of every seed of a cell and shows mean ± std (n = models x
-seeds); the cost table shows peak memory and seconds per outer step (median over seeds).
+the per-model test accuracies of every seed of a cell and shows mean ± std with the models x
+seeds and the outer steps behind it (a diverged or failed run shows as such, without a
+number); the cost table shows peak memory and seconds per outer step (median over seeds).
 ``csv`` gives one tidy row per (method, dataset, ipc) instead.
 """
 
@@ -12,8 +13,8 @@ import csv
 import io
 
 from harness.report.schema import RunRecord
-from harness.report.tables import (check_format, group, latex_text, method_key, method_order, pm, register_view,
-                                   summarize, tabulate_rows)
+from harness.report.tables import (accuracy_text, check_format, group, latex_text, method_key, method_order,
+                                   register_view, summarize, tabulate_rows)
 
 
 def _headers(cols: list[tuple[str, int]], fmt: str) -> list[str]:
@@ -32,8 +33,7 @@ def accuracy_table(records: list[RunRecord], fmt: str = "github") -> str:
         row = [latex_text(method, fmt)]
         for d, k in cols:
             if (method, d, k) in cells:
-                s = summarize(cells[(method, d, k)])
-                row.append(f"{100 * s['accuracy_mean']:.2f}{pm(fmt)}{100 * s['accuracy_std']:.2f}")
+                row.append(accuracy_text(cells[(method, d, k)], fmt))
             else:
                 row.append("-")
         rows.append(row)
@@ -61,7 +61,7 @@ def cost_table(records: list[RunRecord], fmt: str = "github") -> str:
 
 def tidy_csv(records: list[RunRecord]) -> str:
     out = io.StringIO()
-    fields = ["method", "dataset", "ipc", "accuracy_mean", "accuracy_std", "n_models", "n_seeds", "outer_steps",
+    fields = ["method", "dataset", "ipc", "status", "accuracy_mean", "accuracy_std", "n_models", "n_seeds", "outer_steps",
               "seconds_per_outer_step", "peak_memory_bytes", "memory_kind", "devices"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
@@ -82,7 +82,8 @@ def render(records: list[RunRecord], fmt: str = "github") -> str:
     devices = sorted({r.hardware.device_name for r in records})
     kinds = sorted({r.distill.memory_kind for r in records})
     parts = [
-        "Test accuracy (%), mean ± std over models x seeds:" if fmt != "latex" else "% test accuracy (%)",
+        "Test accuracy (%), mean ± std over models x seeds (models x seeds, outer steps):" if fmt != "latex"
+        else "% test accuracy (%), mean and std over models x seeds (models x seeds, outer steps)",
         accuracy_table(records, fmt),
         "",
         f"Distillation cost (peak memory [{', '.join(kinds)}], seconds per outer step):" if fmt != "latex"

@@ -9,14 +9,13 @@ from collections import defaultdict
 from typing import Any
 
 from harness.report.schema import RunRecord
-from harness.report.tables import BASELINE, check_format, latex_text, pm, pooled, register_view, tabulate_rows
+from harness.report.tables import (BASELINE, check_format, failed_text, group, latex_text, mean_std_text, pm, pooled,
+                                   register_view, tabulate_rows)
 
 
 def _cell(values: list[float], fmt: str) -> str:
-    stats = pooled(values)
-    if stats is None:
-        return "-"
-    return f"{100 * stats[0]:.2f}{pm(fmt)}{100 * stats[1]:.2f}"
+    """Mean ± std of pooled per-model accuracies and how many there are."""
+    return "-" if not values else f"{mean_std_text(values, fmt)} (n={len(values)})"
 
 
 def _subset_series(curve_records: list[RunRecord]) -> dict[str, dict[int, list[float]]]:
@@ -57,24 +56,27 @@ def subset_table(records: list[RunRecord], fmt: str = "github") -> str:
     the set's block prefixes (when it has blocks), first-k prefixes and random subsets, then
     the records distilled directly at that IPC, joined by suite label: the same label, the
     labels running the method it wraps (Boost-DD's base), and the baseline. Per-model
-    accuracies are pooled over seeds (and draws). ``csv`` gives one tidy row per (table, size,
+    accuracies are pooled over seeds (and draws), n says how many; records of one cell with
+    different configs are refused, a run found twice counts once, a diverged cell says so. ``csv`` gives one tidy row per (table, size,
     series). Curves holding only the full set (IPC 1) are skipped; ``""`` when no record has a
     curve left (in every format).
     """
     check_format(fmt)
-    direct: dict[tuple[str, str, str, int], list[float]] = defaultdict(list)
-    curves: dict[tuple[str, str, str, int], list[RunRecord]] = defaultdict(list)
-    for r in records:
-        direct[(r.suite, r.method, r.dataset, r.ipc)].extend(r.eval.accuracy_per_model)
-        if _has_subsets(r):
-            curves[(r.dataset, r.method, r.suite, r.ipc)].append(r)
+    cells = group(records, key=lambda r: (r.suite, r.method, r.dataset, r.ipc))  # one config per cell, each run once
+    direct: dict[tuple[str, str, str, int], list[float] | str] = {}
+    curves: dict[tuple[str, str, str, int], list[RunRecord]] = {}
+    for (suite, method, dataset, ipc), rs in cells.items():
+        failed = failed_text(rs)
+        direct[(suite, method, dataset, ipc)] = failed or [a for r in rs for a in r.eval.accuracy_per_model]
+        if not failed and any(_has_subsets(r) for r in rs):
+            curves[(dataset, method, suite, ipc)] = [r for r in rs if _has_subsets(r)]
 
     tidy: list[dict[str, Any]] = []
     parts = []
-    for (dataset, method, suite, ipc), group in sorted(curves.items()):
-        series = _subset_series(group)
+    for (dataset, method, suite, ipc), curve_records in sorted(curves.items()):
+        series = _subset_series(curve_records)
         columns = [kind for kind in ("block_prefix", "prefix", "random") if series.get(kind)]
-        compare = _direct_labels(records, suite, method, group[0].wraps)
+        compare = _direct_labels(records, suite, method, curve_records[0].wraps)
         sizes = sorted({k for kind in columns for k in series[kind]})
         headers = [latex_text(h, fmt) for h in
                    ["IPC", *(kind.replace("_", " ") for kind in columns), *(f"direct {m}" for m in compare)]]
@@ -82,9 +84,9 @@ def subset_table(records: list[RunRecord], fmt: str = "github") -> str:
         for k in sizes:
             values = ([series[kind].get(k, []) for kind in columns]
                       + [direct.get((suite, m, dataset, k), []) for m in compare])
-            rows.append([str(k)] + [_cell(v, fmt) for v in values])
+            rows.append([str(k)] + [v if isinstance(v, str) else _cell(v, fmt) for v in values])
             for name, v in zip(columns + [f"direct:{m}" for m in compare], values):
-                if v:
+                if v and not isinstance(v, str):
                     mean, std = pooled(v)
                     tidy.append({"dataset": dataset, "method": method, "ipc": ipc, "size": k, "series": name,
                                  "accuracy_mean": mean, "accuracy_std": std, "n": len(v)})
