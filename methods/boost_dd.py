@@ -109,6 +109,7 @@ class BoostDD(Method):
     Config = BoostDDConfig
     config: BoostDDConfig
     wraps = ("base", "base_config")
+    runs_by_minutes = False  # its blocks split a number of outer steps
     tiny_config = {"blocks": 1, "base_config": {"unroll": 8, "window": 4}}
 
     def __init__(self, config: BoostDDConfig):
@@ -197,6 +198,9 @@ class BoostDD(Method):
             self._fold_base()
             self._start_block(self.block + 1)
         return {**self.base.step(step), "block": self.block}
+
+    def divergence(self, metrics):
+        return self.base.divergence(metrics)
 
     def learned_lr_optimizer(self):
         return self.base.learned_lr_optimizer()

@@ -15,6 +15,7 @@ class RandomReal(Method):
     """Random real images, IPC per class (no distillation)."""
 
     Config = RandomRealConfig
+    distils = False
 
     def outer_steps(self, task):
         return 0

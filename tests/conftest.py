@@ -132,8 +132,9 @@ def cli(capsys) -> Callable[..., tuple[int, str, str]]:
 
 
 def files_under(root: Path) -> list[Path]:
-    """Every file below ``root`` (hidden temp files included); [] if it does not exist."""
-    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+    """Every file below ``root`` (hidden temp files included) but the lock file an unfinished cell
+    keeps (``.lock``, empty: a finished cell's is removed); [] if it does not exist."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".lock") if root.exists() else []
 
 
 def make_record(method: str = "tbptt", dataset: str = "digits", ipc: int = 1, seed: int = 0,

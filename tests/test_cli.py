@@ -336,3 +336,55 @@ def test_real_process_exit_status_and_stderr(case, write_suite, tmp_path):
     for name in names:
         assert name in proc.stderr
     assert files_under(out) == expected
+
+
+# ----------------------------------------------------------------------------- cutting a suite down
+
+
+def test_filters_and_overrides_cut_a_suite_down(write_suite, cli, tmp_path):
+    data = tiny_suite(grid={"datasets": ["digits"], "ipcs": [1, 2], "seeds": [0, 1]})
+    data["methods"]["tbptt"]["by_ipc"] = {"2": {"unroll": 4}}  # an override for an IPC the run leaves out
+    path = write_suite(data)
+    out = tmp_path / "out"
+    code, stdout, err = cli("run", path, "--out", out, "-q", "--ipcs", "1", "--seeds", "1", "--methods", "tbptt",
+                            "--set", "budget.outer_steps=3", "--set", "methods.tbptt.window=1")
+    assert code == 0, err
+    (record_path,) = out.rglob("*.json")
+    record = json.loads(record_path.read_text())
+    assert (record["ipc"], record["seed"], record["method"]) == (1, 1, "tbptt")
+    assert record["method_config"]["window"] == 1 and record["distill"]["outer_steps"] == 3
+    assert record["suite_overrides"] == ["budget.outer_steps=3", "methods.tbptt.window=1"]
+    plain = load_suite(path).cells(["tbptt"], ipcs=[1], seeds=[1])[0]
+    assert record["run_id"] != plain.run_id  # an override is part of the config, and of the run id
+    assert "1 done" in stdout and "tbptt s1: " in err
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--ipcs", "3"], "--ipcs"), (["--seeds", "x"], "--seeds"), (["--datasets", "mnist"], "--datasets"),
+    (["--set", "budget.outer_steps=-1"], "budget.outer_steps"), (["--set", "methods.tbptt.windoww=2"],
+                                                                 "methods.tbptt.windoww"),
+    (["--set", "nonsense"], "--set"), (["--ipcs", ""], "--ipcs"),
+])
+def test_bad_filters_and_overrides_exit_2_naming_the_option(argv, field, write_suite, cli, tmp_path):
+    path = write_suite(tiny_suite())
+    code, out, err = cli("run", path, "--out", tmp_path / "out", "-q", *argv)
+    assert code == 2 and f": {field}: " in err and len(err.strip().splitlines()) == 1, err
+    assert files_under(tmp_path / "out") == []
+
+
+def test_plan_lists_the_cells_and_estimates_without_writing(write_suite, cli, tmp_path):
+    path = write_suite(tiny_suite(grid={"datasets": ["digits"], "ipcs": [1], "seeds": [0, 1]},
+                                  budget={"outer_steps": 50, "checkpoint_minutes": 10.0}))
+    out = tmp_path / "out"
+    assert cli("run", path, "--out", out, "-q", "--seeds", "0", "--methods", "random_real")[0] == 0
+    before = files_under(out)
+    code, text, err = cli("plan", path, "--out", out)
+    assert code == 0, err
+    rows = {line.split("|")[3].strip(): line for line in text.splitlines() if line.startswith("| digits")}
+    assert set(rows) == {"random_real", "tbptt"}
+    assert "1 new, 1 recorded" in rows["random_real"] and "2 new" in rows["tbptt"]
+    per_step = float(rows["tbptt"].split("|")[6])
+    assert per_step > 0 and "estimated total for the pending cells" in text
+    assert files_under(out) == before  # nothing written
+    code, dry, _ = cli("run", path, "--out", out, "--dry-run")
+    assert code == 0 and "estimated total" in dry and files_under(out) == before

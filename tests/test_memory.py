@@ -32,9 +32,11 @@ def test_tensor_bytes_counts_each_storage_once():
 def test_local_executor_moves_a_dataset_to_the_device_only_for_its_cells(monkeypatch, tmp_path):
     events = []
     monkeypatch.setattr(executors, "to_device", lambda data, device, dtype: events.append(("move", data)) or data)
-    monkeypatch.setattr(executors, "run_cell", lambda cell, data, *a: events.append(("run", cell.name)))
+    monkeypatch.setattr(executors, "execute_cell", lambda cell, data, *a: events.append(("run", cell.name, data()))
+                        or SimpleNamespace(line=lambda: ""))
     cells = [SimpleNamespace(name=n, dataset=SimpleNamespace(name=d)) for n, d in
              (("a1", "A"), ("a2", "A"), ("b1", "B"))]
     executors.LocalExecutor().run(cells, {"A": "data-A", "B": "data-B"}, torch.device("cpu"), torch.float32,
                                   tmp_path, False)
-    assert events == [("move", "data-A"), ("run", "a1"), ("run", "a2"), ("move", "data-B"), ("run", "b1")]
+    assert events == [("move", "data-A"), ("run", "a1", "data-A"), ("run", "a2", "data-A"), ("move", "data-B"),
+                      ("run", "b1", "data-B")]

@@ -276,19 +276,41 @@ def test_minutes_budget_stops_early_and_says_so(write_suite, cli, tmp_path):
         record["distill"]["wall_clock_s"] / record["distill"]["outer_steps"])
 
 
-def test_non_finite_metrics_do_not_make_the_record_unwritable(write_suite, cli, tmp_path, monkeypatch):
-    # A diverged outer loss is recorded as null; records refuse NaN, so it must not reach them raw.
+def test_non_finite_metrics_stop_the_cell_as_diverged(write_suite, cli, tmp_path, monkeypatch):
+    """A non-finite outer loss stops the cell at that step: the record says "diverged" with the
+    step and no accuracy; the suite's other cells still run; the exit status is non-zero."""
     cls = method_class("tbptt")
     original = cls.step
     monkeypatch.setattr(cls, "step", lambda self, step: {**original(self, step), "outer_loss": math.nan,
-                                                         "grad_norm": math.inf})
-    path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}}))
-    code, _, err = cli("run", path, "--out", tmp_path / "out", "-q")
-    assert code == 0, err
-    record_path = cell_paths(tmp_path / "out", load_suite(path).cells()[0])["record"]
-    history = read_record(record_path)["distill"]["history"]
-    assert history and all(h["outer_loss"] is None and h["grad_norm"] is None for h in history)
-    assert "NaN" not in record_path.read_text()
+                                                         "grad_norm": math.inf} if step == 1 else original(self, step))
+    path = write_suite(tiny_suite(methods={"random_real": {}, "tbptt": {"unroll": 3, "window": 2}},
+                                  budget={"outer_steps": 4, "checkpoint_minutes": 1e-9}))
+    code, out, err = cli("run", path, "--out", tmp_path / "out", "-q")
+    assert code == 1, err
+    assert "tbptt s0 diverged at outer step 1: non-finite outer_loss" in err
+    assert "1 done" in out and "1 diverged" in out
+    cells = {c.method_label: cell_paths(tmp_path / "out", c) for c in load_suite(path).cells()}
+    record_path = cells["tbptt"]["record"]
+    record = read_record(record_path)
+    assert record["status"] == "diverged" and record["distill"]["diverged_at"] == 1
+    assert record["eval"]["accuracy_mean"] is None and record["eval"]["accuracy_per_model"] == []
+    assert "NaN" not in record_path.read_text() and not cells["tbptt"]["checkpoint"].exists()
+    assert read_record(cells["random_real"]["record"])["status"] == "ok"  # the other cell ran
+    code, table, _ = cli("table", tmp_path / "out")
+    row = next(line for line in table.splitlines() if line.startswith("| tbptt"))
+    assert "diverged" in row and not re.search(r"\d+\.\d\d ±", row)  # never shown as a number
+    assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 0  # final: not rerun, nothing new failed
+
+
+def test_an_absurd_outer_lr_diverges_instead_of_recording_chance_accuracy(write_suite, cli, tmp_path):
+    path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2, "outer_lr": 1e30}},
+                                  budget={"outer_steps": 6, "checkpoint_minutes": 10.0}))
+    code, out, err = cli("run", path, "--out", tmp_path / "out", "-q")
+    assert code == 1 and "diverged at outer step" in err
+    (record_path,) = (tmp_path / "out").rglob("*.json")
+    record = read_record(record_path)
+    assert record.status == "diverged" and record.eval.accuracy_mean is None
+    assert not list((tmp_path / "out").rglob("*.distilled.pt"))  # no NaN set is kept
 
 
 def test_methods_option_runs_only_the_named_labels(write_suite, cli, tmp_path):

@@ -48,3 +48,9 @@ class DatasetNotFoundError(DDBenchError):
 
 class CheckpointError(DDBenchError):
     """A checkpoint or record file cannot be read back."""
+
+
+class StorageError(DDBenchError, OSError):
+    """A result file (record, distilled set, checkpoint) could not be written: a full disk, a
+    read-only or vanished folder. Nothing partial is left; the same command resumes once it can
+    write again. An ``OSError`` too, so code that tolerates unwritable caches still does."""

@@ -14,24 +14,32 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from harness.core.errors import StorageError
+
 TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` atomically: ``write(f)`` fills a temp file that is fsynced and renamed over
-    ``path``; on any failure the temp file goes and ``path`` is intact."""
+    ``path``; on any failure the temp file goes and ``path`` is intact. An ``OSError`` (a full
+    disk, no permission) becomes a one-line :class:`StorageError` naming the file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, StorageError):
+            reason = " ".join((err.strerror or str(err) or type(err).__name__).split())
+            raise StorageError(f"cannot write the file ({reason}); nothing partial was left", file=str(path)) from err
         raise
 
 
@@ -50,11 +58,21 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def stale_temp_files(path: Path) -> list[Path]:
-    """Temp files that an interrupted :func:`atomic_write` of ``path`` left behind."""
+    """Temp files that an interrupted :func:`atomic_write` of ``path`` left behind (a ``kill -9``
+    between the temp file's creation and its rename)."""
     path = Path(path)
     if not path.parent.is_dir():
         return []
     return sorted(path.parent.glob(f".{path.name}.*{TEMP_SUFFIX}"))
+
+
+def remove_stale_temp_files(*paths: Path) -> list[Path]:
+    """Remove what :func:`stale_temp_files` finds for each path (the caller owns the files: it
+    holds their lock); returns the files removed."""
+    removed = [tmp for p in paths for tmp in stale_temp_files(p)]
+    for tmp in removed:
+        tmp.unlink(missing_ok=True)
+    return removed
 
 
 def current_umask() -> int:

@@ -11,12 +11,15 @@ A :class:`Registry` maps names to objects (usually classes). Entries arrive in t
 
 A plug-in that fails to import is an error naming its entry point (or module); the others are
 loaded first, and the registry tries again the next time it is asked, so a broken plug-in is
-never hidden.
+never hidden. ``DDBENCH_PLUGINS`` (comma-separated module names) imports modules of one's own
+without packaging them into the plug-in registries (methods, datasets, analyses): on a Ray
+cluster, the workers import them too.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
@@ -93,12 +96,16 @@ class Registry(Generic[T]):
             return
         self._loading = True
         failures: list[str] = []
+        # Plug-in registries (those with an entry-point group) also import DDBENCH_PLUGINS.
+        extra = () if self.group is None else tuple(
+            m.strip() for m in os.environ.get("DDBENCH_PLUGINS", "").split(",") if m.strip())
         try:
-            for module in self.builtins:
+            for module in (*self.builtins, *extra):
                 try:
                     importlib.import_module(module)
                 except Exception as err:  # noqa: BLE001 - reported below, after the others loaded
-                    failures.append(f"built-in module {module!r}: {_line(err)}")
+                    kind = "built-in module" if module in self.builtins else "DDBENCH_PLUGINS module"
+                    failures.append(f"{kind} {module!r}: {_line(err)}")
             if self.group is not None:
                 for ep in entry_points(group=self.group):
                     try:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from harness.core.errors import ConfigError, DatasetNotFoundError
+from harness.core.progress import progress_bar
 from harness.data.config import DataConfig, RawSplits
 from harness.data.registry import error_line
 
@@ -29,6 +30,8 @@ def decode_images(paths: Sequence[Path], size: int | None, dataset: str) -> torc
     pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
     try:
         decoded = pool.map(partial(_decode_batch, size=size, dataset=dataset), batches)
+        decoded = progress_bar(decoded, total=len(batches), desc=f"{dataset}: decoding {len(paths)} images",
+                               unit="batch")
         for first, arrays in zip(range(0, len(paths), _DECODE_BATCH), decoded):
             for i, arr in enumerate(arrays, start=first):
                 if out is None:

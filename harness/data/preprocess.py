@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.core.errors import ConfigError
+from harness.core.progress import progress_bar
 
 
 def zca_whitening(
@@ -29,7 +30,8 @@ def zca_whitening(
         )
     dim = math.prod(train_x.shape[1:])
     cov = torch.zeros(dim, dim, dtype=torch.float64)
-    for rows in _row_chunks(train_x):
+    for rows in progress_bar(_row_chunks(train_x), total=-(-train_x.shape[0] // 4096), desc="ZCA: covariance",
+                             unit="chunk"):
         cov += rows.T @ rows
     cov /= train_x.shape[0]
     eigvals, eigvecs = torch.linalg.eigh(cov)

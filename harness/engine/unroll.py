@@ -333,6 +333,7 @@ def meta_gradient(
     channels_last: bool = False,
     steps_factory: StepsFactory | None = None,
     offload_snapshots: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> MetaGradient:
     """The meta-gradient of the real-batch loss after ``len(schedule)`` inner steps.
 
@@ -357,6 +358,8 @@ def meta_gradient(
         steps_factory: builds the :class:`UnrollSteps` (default: eager); ``harness.cudagraphs``
             passes one that replays captured CUDA graphs.
         offload_snapshots: recompute mode: keep the window's snapshots in host memory.
+        progress: called as ``progress(done, total, phase)`` after every inner step of the
+            forward pass and every reverse step (a long outer step's progress bar).
     """
     n_steps = len(schedule)
     if not 1 <= window <= n_steps:
@@ -370,16 +373,18 @@ def meta_gradient(
     carry = steps.init(init_params)
     losses, norms = [], []
     start = n_steps - window
+    report = progress or (lambda done, total, phase: None)
     for t in range(start):
         carry, loss, norm = steps.forward(t, carry)
         losses.append(loss)
         norms.append(norm)
+        report(t + 1, n_steps, "forward")
 
     if mode == "full":
-        outer, final = _window_full(steps, carry, start, real_x, real_y, real_chunk, losses, norms)
+        outer, final = _window_full(steps, carry, start, real_x, real_y, real_chunk, losses, norms, report)
     else:
         outer, final = _window_recompute(steps, carry, start, real_x, real_y, real_chunk, losses, norms,
-                                         offload_snapshots)
+                                         offload_snapshots, report)
     return MetaGradient(outer_loss=outer[0], outer_accuracy=outer[1], images=steps.grads["images"],
                         labels=steps.grads["labels"], lr=steps.grads["lr"], inner_losses=torch.stack(losses),
                         grad_norms=torch.stack(norms), final_params=final)
@@ -412,7 +417,7 @@ def accuracy(model: FunctionalModel, params: Params, x: torch.Tensor, y: torch.T
     return correct / max(1, x.shape[0])
 
 
-def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms):
+def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, report):
     """Keep the whole window's graph, then backpropagate the outer adjoint once."""
     wrt = [(k, v) for k, v in (("images", steps.images), ("labels", steps.labels), ("lr", steps.lr))
            if steps.grads[k] is not None]
@@ -427,6 +432,7 @@ def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses
             params, opt_state = out.params, out.opt_state
             losses.append(out.loss)
             norms.append(out.grad_norm)
+            report(t + 1, len(steps.schedule), "forward")
     final = tuple(p.detach() for p in params)
     loss, acc, adjoint = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
     if wrt:
@@ -436,7 +442,8 @@ def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses
     return (loss, acc), final
 
 
-def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, offload=False):
+def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, offload=False,
+                      report=lambda done, total, phase: None):
     """Snapshots forward, then one step's graph at a time backward (memory flat in the window).
 
     With ``offload`` the snapshots wait in pinned host memory (CUDA): device memory is then
@@ -448,6 +455,7 @@ def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, l
         carry, loss, norm = steps.forward(t, carry)
         losses.append(loss)
         norms.append(norm)
+        report(t + 1, len(steps.schedule), "forward")
     final = steps.params(carry)
     device = final[0].device
     loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
@@ -458,6 +466,7 @@ def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, l
             snapshot = (snapshot[0].to(device, non_blocking=True),
                         tuple(a.to(device, non_blocking=True) for a in snapshot[1]))
         adjoint = steps.reverse(start + offset, snapshot, adjoint)
+        report(len(snapshots) - offset, len(snapshots), "reverse")
     return (loss, acc), final
 
 

@@ -18,6 +18,7 @@ images per class than the data has) fails there, before anything is written.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -161,8 +162,24 @@ class Method(ABC):
         self.config = config
 
     def outer_steps(self, task: DistillTask) -> int:
-        """How many outer steps this method takes on ``task`` (0 for methods that do not optimize)."""
+        """How many outer steps this method takes on ``task`` (0 for methods that do not optimize;
+        for one that does, 0 means no step count: a minutes budget stops it)."""
         return task.outer_steps
+
+    # False for methods that take no outer step (random_real): a zero-step budget is theirs only.
+    distils: ClassVar[bool] = True
+    # Whether the method can run with no step count (outer_steps = 0), until a minutes budget
+    # stops it; a method that plans by the number of steps (Boost-DD's blocks) cannot.
+    runs_by_minutes: ClassVar[bool] = True
+
+    def divergence(self, metrics: dict[str, float]) -> str | None:
+        """Why the run cannot go on after a step (checked after every one), or None. By default: a
+        non-finite ``outer_loss`` or ``grad_norm`` (the meta-gradient's norm)."""
+        for key in ("outer_loss", "grad_norm"):
+            value = metrics.get(key)
+            if value is not None and not math.isfinite(value):
+                return f"non-finite {key} ({value})"
+        return None
 
     def learned_lr_optimizer(self) -> BaseModel | None:
         """The inner optimizer config whose lr this method learns, or None (it learns none)."""

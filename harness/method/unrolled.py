@@ -147,6 +147,8 @@ class UnrolledMethod(Method):
     """Base class: subclasses implement :meth:`plan` (and may use the :meth:`observe` hook)."""
 
     config: UnrollConfig
+    # Set by the runner for long outer steps: ``progress(done, total, phase)`` per inner step.
+    inner_progress = None
 
     def plan(self, step: int, gen: torch.Generator) -> tuple[int, int]:
         """``(N, M)`` for this outer step: run N inner steps, differentiate the last M."""
@@ -270,7 +272,8 @@ class UnrolledMethod(Method):
                 self.model, self.model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
                 window, real_x, real_y, mode=engine.mode, real_chunk=engine.real_chunk, curvature=curvature,
                 channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None,
-                offload_snapshots=engine.offload_snapshots and task.device.type == "cuda")
+                offload_snapshots=engine.offload_snapshots and task.device.type == "cuda",
+                progress=self.inner_progress)
         return result, {"unroll": n_steps, "window": window}
 
     def schedule(self, n_steps: int, gen: torch.Generator):
@@ -325,6 +328,16 @@ class UnrolledMethod(Method):
         return norm
 
     # ------------------------------------------------------------------ results and checkpoints
+
+    def divergence(self, metrics: dict[str, float]) -> str | None:
+        """The outer loss or meta-gradient norm is not finite, or the synthetic set (or its soft
+        labels, or the learned lr) has gone non-finite."""
+        reason = super().divergence(metrics)
+        if reason is None:
+            for name, t in (("synthetic images", self.images), ("soft labels", self.labels), ("inner lr", self.log_lr)):
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"non-finite {name}"
+        return reason
 
     def learned_lr_optimizer(self) -> InnerOptimizerConfig | None:
         return self.config.inner if self.config.learn_lr else None

@@ -54,6 +54,8 @@ class DistillSection(_Section):
     resident_data_bytes: int | None = None  # the cell's dataset on its device, not in the CUDA peak
     history: list[dict[str, Any]] = []
     method_summary: dict[str, Any] = {}
+    diverged_at: int | None = None  # the outer step whose result was not finite (status "diverged")
+    divergence: str | None = None  # what was not finite
 
 
 class HardwareSection(_Section):
@@ -143,6 +145,7 @@ class RunRecord(_Readable):
     seed: int = Field(ge=0)
     model: dict[str, Any] = {}
     budget: dict[str, Any] = {}
+    suite_overrides: list[str] = []  # `ddbench run --set field=value` options the cell ran with
     eval: EvalSection
     distill: DistillSection
     hardness: HardnessSection | None = None
@@ -153,6 +156,8 @@ class RunRecord(_Readable):
     started_at: str
     finished_at: str
     status: Literal["ok", "diverged", "failed"]
+    error: str | None = None  # status "failed": the one-line reason (the traceback is in error_file)
+    error_file: str | None = None
 
     @property
     def registry_name(self) -> str:

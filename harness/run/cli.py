@@ -1,11 +1,14 @@
-"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``table DIR``.
+"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``plan SUITE``, ``table DIR``.
 
 May import every layer below :mod:`harness.run`; nothing imports it.
 
 Bad input (unknown method or dataset, an invalid config value, a missing dataset root, a
 malformed suite, a corrupt record or checkpoint) prints one line naming the file and the
-field and exits with status 2, before anything is written. Ctrl-C exits with status 130 and
-one line; running the same command again resumes from the last checkpoint.
+field and exits with status 2, before anything is written. A cell that diverges or fails is
+recorded as such, the other cells run, and the exit status is 1. SIGINT (Ctrl-C) and SIGTERM
+checkpoint the running cell's last completed step and exit with 130 / 143 and one line; a
+result that cannot be written (a full disk) exits with 74 and one line. Running the same
+command again resumes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from harness.core.errors import DDBenchError
 from harness.core.provenance import ddbench_version
 
+EXIT_FAILED_CELLS = 1  # a cell diverged or failed (the others ran)
 EXIT_USAGE = 2
+EXIT_STORAGE = 74  # EX_IOERR: a result could not be written (a full disk)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 DEFAULT_OUT = Path("results/runs")
 
@@ -49,17 +54,54 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.run.runner import run_suite
+def _split(text: str | None, convert=str, option: str = "") -> list | None:
+    if text is None:
+        return None
+    try:
+        return [convert(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DDBenchError(f"expected a comma-separated list of integers, got {text!r}", field=option) from None
+
+
+def _selection(args: argparse.Namespace):
+    """The suite (with ``--set`` overrides) and the cell filters of ``run`` and ``plan``."""
     from harness.run.suite import load_suite
 
-    suite = load_suite(args.suite)
-    methods = None if args.methods is None else suite.select_methods([m.strip() for m in args.methods.split(",")
-                                                                      if m.strip()])
-    records = run_suite(suite, Path(args.out), methods=methods, progress=not args.quiet)
-    print(f"{len(records)} records under {args.out}")
+    suite = load_suite(args.suite, overrides=args.set or ())
+    methods = None if args.methods is None else suite.select_methods(_split(args.methods))
+    return suite, dict(methods=methods, datasets=_split(args.datasets), ipcs=_split(args.ipcs, int, "--ipcs"),
+                       seeds=_split(args.seeds, int, "--seeds"))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.run.runner import run_suite
+
+    if args.dry_run:
+        return _cmd_plan(args)
+    suite, selection = _selection(args)
+    executor = None
+    if args.executor == "ray":
+        from harness.run.ray_executor import RayExecutor
+
+        executor = RayExecutor.from_options(suite, address=args.address, gpus_per_cell=args.gpus_per_cell,
+                                            cpus_per_cell=args.cpus_per_cell, max_retries=args.max_retries,
+                                            progress=not args.quiet)
+    elif any(v is not None for v in (args.address, args.gpus_per_cell, args.cpus_per_cell, args.max_retries)):
+        raise DDBenchError("--address, --gpus-per-cell, --cpus-per-cell and --max-retries go with --executor ray",
+                           field="--executor")
+    report = run_suite(suite, Path(args.out), progress=not args.quiet, executor=executor, **selection)
+    print(report.summary())
+    print(f"{len(report.records)} records under {args.out}")
     if args.table:
         _print_table(Path(args.out) / suite.name, "github")
+    return report.exit_status
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from harness.run.plan import plan_suite
+
+    suite, selection = _selection(args)
+    print(plan_suite(suite, Path(args.out), time_steps=args.time_steps, **selection))
     return 0
 
 
@@ -97,13 +139,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suites", default="suites", help="folder of suite files (default: suites)")
     p.set_defaults(func=_cmd_list)
 
+    def selection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("suite", help="suite TOML file")
+        p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default: {DEFAULT_OUT})")
+        p.add_argument("--methods", help="comma-separated method labels of the suite (default: all)")
+        p.add_argument("--datasets", help="comma-separated datasets of the suite's grid (default: all)")
+        p.add_argument("--ipcs", help="comma-separated IPCs of the suite's grid (default: all)")
+        p.add_argument("--seeds", help="comma-separated seeds of the suite's grid (default: all)")
+        p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="override a suite field, e.g. --set budget.outer_steps=50 --set methods.rat_bptt.window=30 "
+                            "(TOML values; validated like the file; recorded in every record)")
+        p.add_argument("--time-steps", type=int, default=2, help=argparse.SUPPRESS)
+
     p = sub.add_parser("run", help="run a suite")
-    p.add_argument("suite", help="suite TOML file")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"output folder (default: {DEFAULT_OUT})")
-    p.add_argument("--methods", help="comma-separated method labels of the suite to run (default: all)")
+    selection(p)
     p.add_argument("--table", action="store_true", help="print the suite's comparison table when done")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and estimate their time (ddbench plan)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (the per-cell lines stay)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: cells one after another in this process (default); ray: every cell a Ray task")
+    p.add_argument("--address", help="ray: join this cluster (ray start --head ...); default: a local instance")
+    p.add_argument("--gpus-per-cell", type=float, help="ray: GPUs per cell (suite: hardware.ray.gpus_per_cell)")
+    p.add_argument("--cpus-per-cell", type=float, help="ray: CPUs per cell (suite: hardware.ray.cpus_per_cell)")
+    p.add_argument("--max-retries", type=int, help="ray: reruns of a cell whose worker died (hardware.ray.max_retries)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="list a suite's cells, time an outer step of each setting, estimate the total")
+    selection(p)
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("table", help="render a comparison table from run records")
     p.add_argument("dir", help="folder of run records (searched recursively)")
@@ -115,13 +178,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.core.errors import StorageError
+    from harness.run.interrupt import StopRequested, stop_on_signals
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        return args.func(args)
+        with stop_on_signals():  # SIGTERM and SIGINT: one line and 128 + the signal, never silence
+            return args.func(args)
+    except StorageError as err:  # a full disk: nothing partial was written; the same command resumes
+        print(f"ddbench: error: {err}; run the same command again once it can be written", file=sys.stderr)
+        return EXIT_STORAGE
     except DDBenchError as err:
         print(f"ddbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except StopRequested as stop:
+        if not stop.reported:  # between cells, or while loading: nothing of a cell was lost
+            print(f"ddbench: {stop.name}: stopped; run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         # The runner checkpoints as it goes; a traceback would only hide that.
         print("ddbench: interrupted; run the same command again to resume from the last checkpoint",

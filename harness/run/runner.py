@@ -8,20 +8,25 @@ is written; then an executor (:mod:`.executors`) runs the pending cells (:mod:`.
 from __future__ import annotations
 
 import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from harness.core.errors import CheckpointError, ConfigError, DDBenchError
 from harness.core.process import torch_threads
+from harness.core.progress import showing_progress
 from harness.data import DatasetSplits, load_dataset
 from harness.engine.optim import optimizer_without_lr
 from harness.evaluation import ANALYSES
 from harness.evaluation.protocol import check_learned_lr
 from harness.models import create_model
 from harness.report import read_record
-from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint
+from harness.run.cell import CellOutcome, cell_desc, cell_method, cell_paths, cell_task, load_checkpoint
 from harness.run.executors import Executor, LocalExecutor
+from harness.run.progress import human_seconds, say
 from harness.run.suite import Cell, Suite, dataset_error_field
 
 log = logging.getLogger("ddbench")
@@ -35,9 +40,44 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@dataclass
+class SuiteReport:
+    """What a ``ddbench run`` did: every cell's record path, and how each pending cell ended."""
+
+    records: list[Path]
+    already: int  # cells whose record existed before the run
+    outcomes: list[CellOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> Counter:
+        return Counter(o.status for o in self.outcomes)
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every cell is recorded or running elsewhere; 1 when one diverged or failed."""
+        return 1 if self.counts()["diverged"] or self.counts()["failed"] else 0
+
+    def summary(self) -> str:
+        c = self.counts()
+        parts = [f"{c['ok']} done", f"{self.already + c['skipped']} skipped (record exists)"]
+        if c["locked"]:
+            parts.append(f"{c['locked']} running elsewhere")
+        parts += [f"{c['diverged']} diverged", f"{c['failed']} failed"]
+        lines = [f"suite: {', '.join(parts)} in {human_seconds(self.seconds)}"]
+        lines += [f"  {o.line()}" for o in self.outcomes if o.status in ("diverged", "failed")]
+        return "\n".join(lines)
+
+
 def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, progress: bool = True,
-              executor: Executor | None = None) -> list[Path]:
-    """Run every cell of ``suite`` not yet recorded under ``out_dir``; returns the record paths."""
+              executor: Executor | None = None, *, datasets: list[str] | None = None,
+              ipcs: list[int] | None = None, seeds: list[int] | None = None) -> SuiteReport:
+    """Run every selected cell of ``suite`` not yet recorded under ``out_dir``.
+
+    Everything that can be checked before the first cell runs is checked first (existing
+    records and checkpoints, the datasets, networks, every pending method's ``check``), so that
+    a mistake stops the run before anything is written.
+    """
+    started = time.perf_counter()
     hw = suite.spec.hardware
     try:
         device = resolve_device(hw.device)
@@ -46,25 +86,41 @@ def run_suite(suite: Suite, out_dir: Path, methods: list[str] | None = None, pro
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError("the output folder is a file", file=str(out_dir), field="--out")
     dtype = getattr(torch, hw.dtype)
-    with torch_threads(hw.threads):
-        written, pending = pending_cells(suite, out_dir, methods)
-        datasets: dict[str, DatasetSplits] = {}  # on the CPU: moved to the device by the cells that use them
+    with torch_threads(hw.threads), showing_progress(progress):
+        written, pending = pending_cells(suite, suite.cells(methods, datasets=datasets, ipcs=ipcs, seeds=seeds),
+                                         out_dir)
+        loaded: dict[str, DatasetSplits] = {}  # on the CPU: moved to the device by the cells that use them
         for cell in pending:
             name = cell.dataset.name
-            if name not in datasets:
-                try:
-                    datasets[name] = load_dataset(cell.dataset)
-                except DDBenchError as err:
-                    raise err.at(dataset_error_field(name, err)).located(file=str(suite.path)) from None
-            check_cell(suite, cell, datasets[name], dtype)
-        (executor or LocalExecutor()).run(pending, datasets, device, dtype, out_dir, progress)
-    return written
+            if name not in loaded:
+                loaded[name] = load_cell_dataset(suite, cell, progress)
+            check_cell(suite, cell, loaded[name], dtype)
+        report = SuiteReport(written, already=len(written) - len(pending))
+        report.outcomes = (executor or LocalExecutor()).run(pending, loaded, device, dtype, out_dir, progress)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
-def pending_cells(suite: Suite, out_dir: Path, methods: list[str] | None) -> tuple[list[Path], list[Cell]]:
-    """Every cell's record path, and the cells without a record (their checkpoints checked)."""
+def load_cell_dataset(suite: Suite, cell: Cell, progress: bool) -> DatasetSplits:
+    name = cell.dataset.name
+    t0 = time.perf_counter()
+    if progress:
+        say(f"loading {name} ...")
+    try:
+        data = load_dataset(cell.dataset)
+    except DDBenchError as err:
+        raise err.at(dataset_error_field(name, err)).located(file=str(suite.path)) from None
+    if progress:
+        say(f"loaded {name}: {data.train_x.shape[0]} train / {data.test_x.shape[0]} test images "
+            f"{'x'.join(map(str, data.image_shape))} in {human_seconds(time.perf_counter() - t0)}")
+    return data
+
+
+def pending_cells(suite: Suite, cells: list[Cell], out_dir: Path) -> tuple[list[Path], list[Cell]]:
+    """Every cell's record path, and the cells without a final record (their checkpoints
+    checked); a ``failed`` record is final for nothing: that cell runs again."""
     written, pending = [], []
-    for cell in suite.cells(methods):
+    for cell in cells:
         paths = cell_paths(out_dir, cell)
         if paths["record"].exists():
             record = read_record(paths["record"])  # a corrupt record is an error, not a silent skip
@@ -72,7 +128,7 @@ def pending_cells(suite: Suite, out_dir: Path, methods: list[str] | None) -> tup
                 raise CheckpointError(f"record belongs to run {record.run_id}, not {cell.run_id}",
                                       file=str(paths["record"]), field="run_id")
             log.info("skip %s (record exists)", paths["record"])
-        else:
+        if not paths["record"].exists() or record.status == "failed":
             if paths["checkpoint"].exists():
                 load_checkpoint(paths["checkpoint"], cell.run_id)  # refuse a bad one before any work
             pending.append(cell)
@@ -97,6 +153,15 @@ def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype
             raise ConfigError(f"{where}: {err}", file=str(suite.path), field=field) from None
     label = f"methods.{cell.method_label}"
     method = cell_method(cell)
+    if cell.budget.outer_steps == 0 and method.distils:
+        if cell.budget.minutes is None:
+            raise ConfigError(f"{cell_desc(cell)}: 0 outer steps and no minutes budget: {cell.method} would not "
+                              "distil (give outer_steps, or minutes to run until they are spent)",
+                              file=str(suite.path), field="budget.outer_steps")
+        if not method.runs_by_minutes:
+            raise ConfigError(f"{cell_desc(cell)}: {cell.method} plans by its number of outer steps and cannot run "
+                              "until a minutes budget only: give outer_steps", file=str(suite.path),
+                              field="budget.outer_steps")
     learned_for = method.learned_lr_optimizer()
     if learned_for is not None and cell.eval.use_learned_lr:
         try:

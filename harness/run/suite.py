@@ -99,10 +99,19 @@ class Grid(_Strict):
         return seeds
 
 
+class RayResources(_Strict):
+    """What one cell asks of a Ray cluster (``ddbench run --executor ray``); not in the run id."""
+
+    gpus_per_cell: float = Field(0.0, ge=0)  # fractional for small cells: 0.25 puts four on one GPU
+    cpus_per_cell: float = Field(1.0, gt=0)
+    max_retries: int = Field(3, ge=0)  # a cell whose worker dies is rerun (from its checkpoint) this often
+
+
 class Hardware(_Strict):
     device: Literal["cpu", "cuda", "auto"] = "auto"
     dtype: Literal["float32", "float64"] = "float32"
     threads: int | None = Field(None, ge=1)
+    ray: RayResources = RayResources()
 
 
 class BudgetValues(_Strict):
@@ -167,6 +176,7 @@ class Cell:
     # but do not change the distilled set, so they stay out of the run id (delete a record to
     # redo its analyses). An analysis the suite does not configure runs with its defaults.
     analyses: dict[str, BaseModel] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()  # ``--set`` options the suite was loaded with (their values are in the config)
 
     def normalized(self) -> dict[str, Any]:
         """The cell's config in a canonical JSON form: hashed into the run id."""
@@ -200,6 +210,7 @@ class Suite:
     datasets: dict[str, DataConfig]
     method_configs: dict[tuple[str, int], BaseModel]  # (label, ipc) -> validated config
     analyses: dict[str, BaseModel]  # every registered analysis -> its config (the suite's table or defaults)
+    overrides: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -208,18 +219,38 @@ class Suite:
     def method_name(self, label: str) -> str:
         return self.spec.methods[label].get("method", label)
 
-    def cells(self, methods: list[str] | None = None) -> list[Cell]:
+    def cells(self, methods: list[str] | None = None, *, datasets: list[str] | None = None,
+              ipcs: list[int] | None = None, seeds: list[int] | None = None) -> list[Cell]:
+        """The grid's cells, optionally only the named methods, datasets, IPCs and seeds (each
+        checked against the grid: ``--ipcs 10`` runs a suite's IPC 10 cells as the whole file
+        defines them, its per-IPC overrides for other IPCs included)."""
+        grid = self.spec.grid
         labels = list(self.spec.methods) if methods is None else methods
+        datasets = self._select(datasets, grid.datasets, "--datasets")
+        ipcs = self._select(ipcs, grid.ipcs, "--ipcs")
+        seeds = self._select(seeds, grid.seeds, "--seeds")
         out = []
-        for dataset in self.spec.grid.datasets:
-            for ipc in self.spec.grid.ipcs:
+        for dataset in datasets:
+            for ipc in ipcs:
                 for label in labels:
-                    for seed in self.spec.grid.seeds:
+                    for seed in seeds:
                         out.append(Cell(self.name, self.datasets[dataset], ipc, label, self.method_name(label),
                                         self.method_configs[(label, ipc)], seed, self.spec.model, self.spec.eval,
                                         self.spec.budget.for_ipc(ipc), self.spec.hardware,
-                                        self.spec.budget.checkpoint_minutes, dict(self.analyses)))
+                                        self.spec.budget.checkpoint_minutes, dict(self.analyses),
+                                        self.overrides))
         return out
+
+    def _select(self, wanted: list | None, grid: list, option: str) -> list:
+        if wanted is None:
+            return list(grid)
+        if not wanted:
+            raise ConfigError("nothing selected", file=str(self.path), field=option)
+        missing = [w for w in wanted if w not in grid]
+        if missing:
+            raise ConfigError(f"{missing[0]!r} is not in this suite's grid ({', '.join(map(str, grid))})",
+                              file=str(self.path), field=option)
+        return [g for g in grid if g in wanted]
 
     def select_methods(self, names: list[str]) -> list[str]:
         """Method labels named on the command line, checked against the suite."""
@@ -237,16 +268,41 @@ class Suite:
         return list(dict.fromkeys(names))  # a label named twice runs once
 
 
-def load_suite(path: str | Path, *, check_data: bool = True) -> Suite:
-    """Read and validate a suite file; every error is a :class:`DDBenchError` naming ``path``."""
+def load_suite(path: str | Path, *, check_data: bool = True, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
+    """Read and validate a suite file; every error is a :class:`DDBenchError` naming ``path``.
+
+    ``overrides`` are ``dotted.field=value`` strings (``ddbench run --set``), applied to the
+    file's tables before validation: they are checked like the file and end up in every cell's
+    config (and so in its run id and record). ``value`` is read as TOML (``30``, ``[10]``,
+    ``"sgd"``, ``{ name = "sgd" }``), or as a string where that fails.
+    """
     path = Path(path)
     try:
-        return _load(path, check_data)
+        return _load(path, check_data, tuple(overrides))
     except DDBenchError as err:
         raise err.located(file=str(path)) from None
 
 
-def _load(path: Path, check_data: bool) -> Suite:
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``dotted.field=value`` in the raw TOML tables (creating tables on the way)."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set takes dotted.field=value, got {override!r}", field="--set")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare word: a string
+    *parents, last = key.split(".")
+    table = raw
+    for part in parents:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {key}: {part} is not a table", field=key)
+    table[last] = value
+
+
+def _load(path: Path, check_data: bool, overrides: tuple[str, ...] = ()) -> Suite:
     if not path.is_file():
         raise ConfigError("suite file not found")
     try:
@@ -257,6 +313,8 @@ def _load(path: Path, check_data: bool) -> Suite:
         raise ConfigError("malformed TOML: not UTF-8 text") from None
     except OSError as err:
         raise ConfigError(f"cannot read the suite file ({err.strerror or err})") from None
+    for override in overrides:
+        apply_override(raw, override)
     # A top-level table named after a registered analysis is that analysis's config.
     analyses = {}
     for name, cls in ANALYSES.items():
@@ -335,7 +393,7 @@ def _load(path: Path, check_data: bool) -> Suite:
     for key in spec.method_defaults:
         if key not in used_defaults:
             raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
-    return Suite(path, spec, datasets, method_configs, analyses)
+    return Suite(path, spec, datasets, method_configs, analyses, overrides)
 
 
 def _digest(obj: Any) -> str:
