@@ -81,6 +81,8 @@ def _comparable(record) -> dict:
         data["distill"].pop(key)
     if data.get("hardness"):
         data["hardness"].pop("cache_file")
+    if data.get("scores"):
+        data["scores"].pop("full_data_cache")
     return data
 
 

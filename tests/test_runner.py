@@ -388,7 +388,7 @@ def test_a_learned_lr_is_used_only_with_the_optimizer_it_was_learned_for(inner, 
         assert record["status"] == "ok"
     # No pre-check at all (a saved set evaluated by hand): the evaluation itself refuses.
     from harness.core.errors import ConfigError
-    from harness.evaluation.protocol import check_learned_lr
+    from harness.evaluation.protocols import check_learned_lr
     from harness.engine.optim import InnerOptimizerConfig, optimizer_without_lr
 
     if refused:

@@ -20,6 +20,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class NestedConfigError(ValueError):
+    """A config error inside a pydantic validator (a config that picks its own schema, like an
+    evaluation protocol): :func:`config_error_from` puts its field under the validator's."""
+
+    def __init__(self, error: ConfigError):
+        super().__init__(f"{error.field}: {error.message}" if error.field else error.message)
+        self.error = error
+
+
 def validate_config(model: type[M], data: dict[str, Any], prefix: str = "") -> M:
     """``model(**data)``; a bad value raises a one-line :class:`ConfigError` naming its dotted field."""
     try:
@@ -38,7 +47,11 @@ def config_error_from(err: ValidationError, prefix: str = "", model: type[BaseMo
     first = err.errors()[0]
     loc = [str(p) for p in first["loc"] if p != "[key]"]  # "[key]": pydantic's marker for a bad dict key
     msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    nested = (first.get("ctx") or {}).get("error")
+    if isinstance(nested, NestedConfigError):
+        loc += nested.error.field.split(".") if nested.error.field else []
+        msg = nested.error.message
+    elif first["type"] == "extra_forbidden":
         msg = "unknown field"
     elif first["type"] == "missing":
         msg = "field required"

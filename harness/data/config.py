@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, field_validator
@@ -22,6 +23,10 @@ class DataConfig(BaseModel):
     zca: bool = False
     zca_regularization: float = 0.1
     image_size: int | None = None
+    # A validation split held out of the training set before anything is fitted or distilled
+    # (stratified, the same for every cell): what protocols select on, never the test set.
+    validation_size: int = 0
+    validation_seed: int = 0
 
     @field_validator("name")
     @classmethod
@@ -44,6 +49,13 @@ class DataConfig(BaseModel):
             raise ValueError(f"zca_regularization must be a finite number > 0, got {v}")
         return v
 
+    @field_validator("validation_size", "validation_seed")
+    @classmethod
+    def _non_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be >= 0, got {v}")
+        return v
+
     @field_validator("image_size")
     @classmethod
     def _size_positive(cls, v: int | None) -> int | None:
@@ -64,6 +76,10 @@ class DatasetSplits:
     num_classes: int
     class_names: tuple[str, ...]
     preprocessing: dict
+    val_x: torch.Tensor | None = None  # the validation split (DataConfig.validation_size), if any
+    val_y: torch.Tensor | None = None
+    # Pixels back from preprocessed images (normalization and ZCA undone), for showing them.
+    to_pixels: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -78,6 +94,8 @@ class DatasetSplits:
             test_x=self.test_x.to(device=device, dtype=dtype),
             train_y=self.train_y.to(device=device),
             test_y=self.test_y.to(device=device),
+            val_x=None if self.val_x is None else self.val_x.to(device=device, dtype=dtype),
+            val_y=None if self.val_y is None else self.val_y.to(device=device),
         )
 
 

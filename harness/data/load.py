@@ -8,7 +8,8 @@ import torch
 
 from harness.core.errors import ConfigError, DatasetNotFoundError
 from harness.data.config import DataConfig, DatasetSplits
-from harness.data.preprocess import normalize, resize, to_unit_float, zca_whitening
+from harness.core.rng import Stream, step_seed
+from harness.data.preprocess import ZCA, Normalize, pixels, resize, to_unit_float
 from harness.data.registry import DATASETS, DatasetSource, LayoutMismatch
 
 
@@ -40,36 +41,70 @@ def check_dataset(cfg: DataConfig) -> None:
 
 
 def load_dataset(cfg: DataConfig) -> DatasetSplits:
-    """Load a dataset and apply resize -> normalize -> ZCA, all fitted on the train split."""
+    """Load a dataset, hold out its validation split (if any), and apply resize -> normalize ->
+    ZCA, all fitted on the (remaining) train split and applied to every split."""
     source, root = resolve(cfg)
     raw = source.load(cfg, root)
     train_x, test_x = to_unit_float(raw.train_x), to_unit_float(raw.test_x)
+    train_y = raw.train_y.long()
     prep: dict = {
         "dataset": cfg.name,
         "source_root": str(root) if root is not None else None,
-        "order": ["resize", "normalize", "zca"],
+        "order": ["validation split", "resize", "normalize", "zca"],
         "pixel_scale": "uint8 / 255" if raw.train_x.dtype == torch.uint8 else "float in [0, 1]",
         "resize": None,
         **raw.info,
     }
+    val_x = val_y = None
+    prep["validation"] = None
+    if cfg.validation_size:
+        keep, held = validation_split(train_y, len(raw.class_names), cfg.validation_size, cfg.validation_seed)
+        val_x, val_y, train_x, train_y = train_x[held], train_y[held], train_x[keep], train_y[keep]
+        prep["validation"] = {"size": int(held.numel()), "seed": cfg.validation_seed,
+                              "held_out_of": "train (stratified; never distilled on)"}
+    splits = [train_x, test_x] + ([val_x] if val_x is not None else [])
     if cfg.image_size is not None and tuple(train_x.shape[-2:]) != (cfg.image_size,) * 2:
-        train_x, test_x = (resize(x, cfg.image_size) for x in (train_x, test_x))
+        splits = [resize(x, cfg.image_size) for x in splits]
         prep["resize"] = {"size": [cfg.image_size] * 2, "method": "torch bilinear, antialias"}
-    prep["normalize"] = None
+    normalizer = zca = None
+    prep["normalize"] = prep["zca"] = None
     if cfg.normalize:
-        train_x, test_x, prep["normalize"] = normalize(train_x, test_x)
-    prep["zca"] = None
+        normalizer = Normalize.fit(splits[0])
+        splits, prep["normalize"] = [normalizer(x) for x in splits], normalizer.info()
     if cfg.zca:
-        # Normalize (if on) comes first; with normalize=False the per-image standardization
-        # inside ZCA still applies.
-        train_x, test_x, prep["zca"] = zca_whitening(train_x, test_x, cfg.zca_regularization)
+        zca = ZCA.fit(splits[0], cfg.zca_regularization)
+        splits, prep["zca"] = [zca(x) for x in splits], zca.info()
     return DatasetSplits(
         name=cfg.name,
-        train_x=train_x,
-        train_y=raw.train_y.long(),
-        test_x=test_x,
+        train_x=splits[0],
+        train_y=train_y,
+        test_x=splits[1],
         test_y=raw.test_y.long(),
         num_classes=len(raw.class_names),
         class_names=tuple(raw.class_names),
         preprocessing=prep,
+        val_x=splits[2] if val_x is not None else None,
+        val_y=val_y,
+        to_pixels=lambda images: pixels(images, normalizer, zca),
     )
+
+
+def validation_split(labels: torch.Tensor, num_classes: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kept, held out)`` indices: ``size`` training images held out, as evenly over the classes
+    as they allow (a fixed draw from ``Stream.VALIDATION``)."""
+    if size >= labels.numel():
+        raise ConfigError(f"validation_size {size} leaves no training image of {labels.numel()}",
+                          field="validation_size")
+    gen = torch.Generator().manual_seed(step_seed(seed, 0, Stream.VALIDATION))
+    per_class = [size // num_classes + (c < size % num_classes) for c in range(num_classes)]
+    held = []
+    for c, k in enumerate(per_class):
+        members = (labels == c).nonzero().flatten()
+        if len(members) <= k:
+            raise ConfigError(f"validation_size {size} takes all {len(members)} training images of class {c}",
+                              field="validation_size")
+        held.append(members[torch.randperm(len(members), generator=gen)[:k]])
+    held = torch.cat(held).sort().values
+    mask = torch.ones(labels.numel(), dtype=torch.bool)
+    mask[held] = False
+    return mask.nonzero().flatten(), held

@@ -13,6 +13,8 @@ interval can be missed).
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import psutil
 import torch
@@ -26,6 +28,7 @@ class PeakMemory:
         self.start_bytes = 0  # CUDA: allocated when the region started (not counted in the peak)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._paused = False
 
     @property
     def kind(self) -> str:
@@ -42,16 +45,34 @@ class PeakMemory:
 
             def sample() -> None:
                 while not self._stop.wait(self.interval):
-                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+                    if not self._paused:
+                        self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
 
             self._thread = threading.Thread(target=sample, daemon=True)
             self._thread.start()
         return self
 
+    @contextmanager
+    def excluding(self) -> Iterator[None]:
+        """Leave the block's memory out of the peak (an evaluation inside a distillation)."""
+        if self.device.type == "cuda":
+            before = self.current_peak()
+            yield
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._earlier = max(getattr(self, "_earlier", 0), before)
+        else:
+            self._paused = True
+            try:
+                yield
+            finally:
+                self._paused = False
+
     def current_peak(self) -> int:
         """The peak so far, while the region is still running (for checkpoints)."""
         if self.device.type == "cuda":
-            return max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes)
+            now = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes)
+            return max(now, getattr(self, "_earlier", 0))
         return self.peak_bytes
 
     def __exit__(self, *exc) -> None:

@@ -1,6 +1,6 @@
-"""Evaluation: the protocol that trains fresh networks on a distilled set and tests them
-(:mod:`.protocol`), and the analyses that add record sections (:mod:`.analysis`, with the
-built-in :mod:`.hardness` and :mod:`.subsets`).
+"""Evaluation: the protocols that train fresh networks on a distilled set and test them
+(:mod:`.protocols`: standard, ratbptt, dsa), and the analyses that add record sections
+(:mod:`.analysis`, with the built-in :mod:`.hardness`, :mod:`.subsets` and :mod:`.scores`).
 
 May import: :mod:`harness.core`, :mod:`harness.data`, :mod:`harness.models`,
 :mod:`harness.engine`, :mod:`harness.method`. Nothing above it; never :mod:`harness.report`'s
@@ -8,7 +8,13 @@ views (analyses fill record sections, views read them).
 """
 
 from harness.evaluation.analysis import ANALYSES, Analysis, AnalysisContext, register_analysis
-from harness.evaluation.protocol import EvalProtocol, EvalResult, evaluate, test_correct, train_on
+from harness.evaluation.protocols import (PROTOCOLS, AnyProtocol, EvalResult, Protocol, ProtocolConfig, evaluate,
+                                          protocol_config, register_protocol, test_correct)
 
-__all__ = ["ANALYSES", "Analysis", "AnalysisContext", "register_analysis", "EvalProtocol", "EvalResult",
-           "evaluate", "test_correct", "train_on"]
+from harness.evaluation.protocols.builtin import DSAProtocolConfig, RatBPTTProtocolConfig, StandardConfig  # noqa: E402
+
+EvalProtocol = StandardConfig  # ddbench 0.1's one protocol, now named "standard"
+
+__all__ = ["ANALYSES", "Analysis", "AnalysisContext", "register_analysis", "PROTOCOLS", "AnyProtocol", "EvalResult",
+           "EvalProtocol", "Protocol", "ProtocolConfig", "evaluate", "protocol_config", "register_protocol",
+           "test_correct", "StandardConfig", "RatBPTTProtocolConfig", "DSAProtocolConfig"]

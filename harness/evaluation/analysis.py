@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from harness.core.registry import Registry, first_doc_line
 from harness.data import DatasetSplits
-from harness.evaluation.protocol import EvalProtocol, EvalResult
+from harness.evaluation.protocols import EvalResult, ProtocolConfig
 from harness.method import DistilledSet
 from harness.models import ModelConfig
 
@@ -38,7 +38,7 @@ class AnalysisContext:
     data: DatasetSplits
     distilled: DistilledSet
     eval_result: EvalResult
-    protocol: EvalProtocol  # the cell's evaluation protocol
+    protocol: ProtocolConfig  # the cell's evaluation protocol
     model: ModelConfig  # the network the set was distilled with
     seed: int
     device: torch.device
@@ -75,7 +75,8 @@ def _check_analysis(name: str, cls: type) -> None:
 
 
 ANALYSES: Registry[type[Analysis]] = Registry(
-    "analysis", group="ddbench.analyses", builtins=("harness.evaluation.hardness", "harness.evaluation.subsets"),
+    "analysis", group="ddbench.analyses",
+    builtins=("harness.evaluation.hardness", "harness.evaluation.subsets", "harness.evaluation.scores"),
     check=_check_analysis)
 
 

@@ -10,7 +10,7 @@ gap. :func:`subset_curve` measures this for any distilled set, evaluating
 * ``random``: ``draws`` random sets of k positions (the same positions in every class).
 
 Every subset is a ``DistilledSet.select`` of the set, trained and tested by
-``harness.evaluation.protocol.evaluate`` with the run's seed, so all subsets and the full set share the
+``harness.evaluation.evaluate`` with the run's seed, so all subsets and the full set share the
 networks' initialisations (paired comparisons). The :class:`Subsets` analysis adds the curve to
 a run record (its ``subset_curve`` section) and the ``subsets`` table view
 (``harness.report.views.subsets``) sets it beside the records of sets distilled directly at
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from harness.core.rng import subset_seed
 from harness.data import DatasetSplits
 from harness.evaluation.analysis import Analysis, AnalysisContext, register_analysis
-from harness.evaluation.protocol import EvalProtocol, evaluate
+from harness.evaluation.protocols import AnyProtocol, ProtocolConfig, evaluate
 from harness.method import DistilledSet
 from harness.models import ModelConfig
 
@@ -42,7 +42,7 @@ class SubsetEvalConfig(BaseModel):
     sizes: list[int] | None = None  # subset IPCs; None: every size 1..ipc-1 (sizes >= ipc are skipped)
     prefixes: bool = True  # evaluate the first k positions of every class
     draws: int = 2  # random position subsets per size
-    protocol: EvalProtocol | None = None  # None: the run's own evaluation protocol
+    protocol: AnyProtocol | None = None  # None: the run's own evaluation protocol
     models: int | None = None  # networks per subset, replacing the protocol's (fewer, to save time)
     seed: int = 0  # of the random draws
 
@@ -70,7 +70,7 @@ class SubsetEvalConfig(BaseModel):
         return models
 
 
-def subset_protocol(cfg: SubsetEvalConfig, protocol: EvalProtocol) -> EvalProtocol:
+def subset_protocol(cfg: SubsetEvalConfig, protocol: ProtocolConfig) -> ProtocolConfig:
     """The protocol the subsets are evaluated with: ``cfg.protocol`` or the run's, with ``cfg.models``."""
     protocol = cfg.protocol or protocol
     return protocol.model_copy(update={"models": cfg.models}) if cfg.models else protocol
@@ -107,7 +107,7 @@ def subset_plan(distilled: DistilledSet, cfg: SubsetEvalConfig, seed: int) -> li
     return plan
 
 
-def subset_curve(distilled: DistilledSet, data: DatasetSplits, protocol: EvalProtocol, model_cfg: ModelConfig,
+def subset_curve(distilled: DistilledSet, data: DatasetSplits, protocol: ProtocolConfig, model_cfg: ModelConfig,
                  cfg: SubsetEvalConfig, seed: int, device: torch.device, dtype: torch.dtype = torch.float32,
                  progress: bool = False) -> list[dict[str, Any]]:
     """Evaluate every subset of :func:`subset_plan`; each entry gains accuracy mean, std and per model.

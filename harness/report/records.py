@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from harness.core.config import config_error_from
 from harness.core.errors import CheckpointError
 from harness.core.io import write_json_atomic
-from harness.report.schema import RECORD_KIND, SCHEMA_VERSION, RunRecord, upgrade
+from harness.report.schema import EVAL_KIND, RECORD_KIND, SCHEMA_VERSION, EvalRecord, RunRecord, upgrade
 
 
 def record_stem(suite: str, dataset: str, ipc: int, method: str, seed: int, run_id: str) -> str:
@@ -90,3 +90,22 @@ def iter_records(root: Path) -> Iterator[tuple[Path, RunRecord]]:
         if isinstance(data, dict) and not is_record(data):
             continue
         yield path, parse_record(data, path)
+
+
+def iter_eval_records(root: Path) -> Iterator[tuple[Path, EvalRecord]]:
+    """Every evaluation record (``ddbench eval``) below ``root``, sorted by path; a damaged one is a
+    :class:`CheckpointError` naming it."""
+    for path in sorted(Path(root).rglob("*.json")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        data = _load_json(path)
+        if isinstance(data, dict) and data.get("kind") == EVAL_KIND:
+            try:
+                yield path, EvalRecord.model_validate(data)
+            except ValidationError as err:
+                error = config_error_from(err)
+                raise CheckpointError(error.message, file=str(path), field=error.field) from None
+
+
+def write_eval_record(path: Path, record: EvalRecord) -> None:
+    write_json_atomic(Path(path), record.model_dump(mode="json"))

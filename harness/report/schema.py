@@ -41,6 +41,7 @@ class EvalSection(_Section):
     accuracy_mean: float | None  # None only for a run that did not finish (status != "ok")
     accuracy_std: float | None
     accuracy_per_model: list[float]
+    details: dict[str, Any] = {}  # what the protocol selected and on what (a budget, an lr), per-budget results
 
 
 class DistillSection(_Section):
@@ -116,6 +117,36 @@ class SubsetCurveSection(_Section):
     curve: list[SubsetPoint] = []
 
 
+class ScoresSection(_Section):
+    """DD-Ranking's scores (``harness.evaluation.scores``); accuracies as fractions."""
+
+    config: dict[str, Any]
+    skipped: str | None = None
+    protocol: str | None = None
+    accuracies: dict[str, float] = {}
+    hlr: float | None = None
+    ior: float | None = None
+    lrs: float | None = None
+    ars: float | None = None
+
+
+class AnytimePoint(_Section):
+    step: int  # outer steps done
+    seconds: float  # distillation wall-clock so far (the evaluations not counted)
+    accuracy_mean: float
+    accuracy_std: float
+    accuracy_per_model: list[float]
+
+
+class AnytimeSection(_Section):
+    """Accuracy at budget: the set evaluated during its distillation (a suite's ``[anytime]``)."""
+
+    config: dict[str, Any]
+    protocol: dict[str, Any]
+    curve: list[AnytimePoint] = []
+    eval_seconds: float = 0.0
+
+
 class Provenance(_Section):
     """What produced the record, and how busy the machine was while it ran."""
 
@@ -150,6 +181,8 @@ class RunRecord(_Readable):
     distill: DistillSection
     hardness: HardnessSection | None = None
     subset_curve: SubsetCurveSection | None = None
+    scores: ScoresSection | None = None
+    anytime: AnytimeSection | None = None
     distilled_file: str | None = None
     hardware: HardwareSection
     provenance: Provenance | None = None
@@ -175,6 +208,36 @@ class RunRecord(_Readable):
         if not all(0.0 <= a <= 1.0 for a in self.eval.accuracy_per_model):
             return "eval.accuracy_per_model", "must be a non-empty list of accuracies in [0, 1]"
         return None
+
+
+EVAL_KIND = "ddbench.eval"
+
+
+class EvalRecord(_Readable):
+    """A saved distilled set evaluated again (``ddbench eval``): another protocol or network,
+    linked to the run record it evaluates (``of_run``)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    schema_version: Literal[2]
+    kind: Literal["ddbench.eval"] = EVAL_KIND
+    eval_id: str  # hash of (of_run, protocol, model, validation)
+    of_run: str  # the run_id of the distillation record
+    record_file: str  # that record's file name, beside this one
+    suite: str
+    dataset: str
+    ipc: int = Field(ge=1)
+    method: str
+    method_name: str | None = None
+    seed: int = Field(ge=0)
+    config_id: str | None = None
+    model: dict[str, Any]  # the network evaluated (may differ from the distillation's)
+    validation: dict[str, Any] | None = None  # a split held out for this evaluation, if it needed one
+    eval: EvalSection
+    hardware: HardwareSection
+    provenance: Provenance | None = None
+    started_at: str
+    finished_at: str
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:

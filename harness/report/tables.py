@@ -29,19 +29,21 @@ class View:
     """A registered table view: ``render(records, fmt) -> str`` ("" when it has nothing to show)."""
 
     name: str
-    render: Callable[[list[RunRecord], str], str]
+    render: Callable[[list, str], str]
     order: int  # position in ``--view all``
     help: str
+    reads: str = "runs"  # "runs": run records; "evals": evaluation records (ddbench eval)
 
 
 VIEWS: Registry[View] = Registry("table view", builtins=("harness.report.views",))
 
 
-def register_view(name: str, *, order: int = 100, help: str = ""):
-    """Decorator: register ``fn(records, fmt) -> str`` as the view ``name``."""
+def register_view(name: str, *, order: int = 100, help: str = "", reads: str = "runs"):
+    """Decorator: register ``fn(records, fmt) -> str`` as the view ``name`` (of run records, or of
+    evaluation records with ``reads="evals"``)."""
 
-    def decorate(fn: Callable[[list[RunRecord], str], str]):
-        VIEWS.register(name, View(name, fn, order, help or _first_line(fn.__doc__)))
+    def decorate(fn: Callable[[list, str], str]):
+        VIEWS.register(name, View(name, fn, order, help or _first_line(fn.__doc__), reads))
         return fn
 
     return decorate
@@ -55,18 +57,21 @@ def view_names() -> list[str]:
     return [v.name for v in sorted((v for _, v in VIEWS.items()), key=lambda v: (v.order, v.name))]
 
 
-def render_view(records: list[RunRecord], view: str = "main", fmt: str = "github") -> str:
+def render_view(records: list[RunRecord], view: str = "main", fmt: str = "github", evals: list | None = None) -> str:
     """One registered view, or ``all``: every non-empty view stacked in order.
 
     A view with nothing to show returns ``""`` (in every format); asked for alone, that is a
     :class:`DDBenchError` naming ``--view``.
     """
+    def run(v: View) -> str:
+        return v.render(list(evals or []) if v.reads == "evals" else records, fmt)
+
     if view == "all":
-        parts = [VIEWS.get(name).render(records, fmt) for name in view_names()]
+        parts = [run(VIEWS.get(name)) for name in view_names()]
         return "\n\n".join(part for part in parts if part.strip())
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join([*view_names(), 'all'])}")
-    text = VIEWS.get(view).render(records, fmt)
+    text = run(VIEWS.get(view))
     if not text.strip():
         raise DDBenchError(f"no record here has a {view!r} section (enable [{view}] in the suite)", field="--view")
     return text

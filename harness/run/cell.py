@@ -35,6 +35,7 @@ from harness.engine.memory import PeakMemory
 from harness.evaluation import ANALYSES, AnalysisContext, evaluate
 from harness.method import DistillTask, method_class
 from harness.report import read_record, record_stem, write_record
+from harness.run.anytime import AnytimeCurve
 from harness.run.interrupt import StopRequested, stop_on_signals
 from harness.run.progress import INNER_AFTER_S, BarProgress, CellProgress, budget_warning, human_seconds, say
 from harness.run.recording import build_record, distill_section, json_safe, now_iso
@@ -203,24 +204,30 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
     total = method.outer_steps(task)  # 0 for a method that distils: until the minutes budget
 
     start, elapsed, peak, step_times, started_at = 0, 0.0, 0, [], now_iso()
-    history = History(total)
+    history, curve = History(total), AnytimeCurve(cell.anytime)
     if paths["checkpoint"].exists():
         ckpt = load_checkpoint(paths["checkpoint"], cell.run_id)
         method.load_state_dict(ckpt["method_state"])
         start, elapsed, peak = ckpt["step"], ckpt["elapsed_s"], ckpt["peak_memory_bytes"]
         step_times, started_at = ckpt["step_times"], ckpt["started_at"]
         history = History(total, ckpt["history"], ckpt.get("history_stride"))
+        curve = AnytimeCurve(cell.anytime, **ckpt.get("anytime", {}))
         say(f"resuming {desc} from outer step {start}")
 
-    def save_checkpoint(step: int, method_state: dict, seconds: float, times: list, entries: list) -> None:
+    def save_checkpoint(step: int, method_state: dict, seconds: float, times: list, entries: list,
+                        curve_state: dict) -> None:
         atomic_torch_save({"run_id": cell.run_id, "step": step, "method_state": method_state, "elapsed_s": seconds,
                            "peak_memory_bytes": peak, "step_times": times, "history": entries,
-                           "history_stride": history.stride, "started_at": started_at}, paths["checkpoint"])
+                           "history_stride": history.stride, "started_at": started_at, "anytime": curve_state},
+                          paths["checkpoint"])
+
+    def snapshot() -> tuple:
+        return step, method.state_dict(), elapsed, list(step_times), list(history.entries), curve.state()
 
     limit_s = cell.budget.minutes * 60 if cell.budget.minutes else None
     stopped_by, diverged, step = "outer_steps", None, start
     # The last completed step's state: what an interruption in the middle of a step checkpoints.
-    last_good = (start, method.state_dict(), elapsed, list(step_times), list(history.entries))
+    last_good = snapshot()
     last_ckpt = time.perf_counter()
     wants_inner = hasattr(method, "inner_progress")
     progress.begin(desc, total, start, limit_s)
@@ -245,7 +252,11 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
                         break
                     progress.step(step, elapsed, metrics)
                     step += 1
-                    last_good = (step, method.state_dict(), elapsed, list(step_times), list(history.entries))
+                    if curve.due(step, elapsed):
+                        progress.phase(f"anytime evaluation at step {step}")
+                        with meter.excluding():
+                            curve.measure(method, data, cell, step, elapsed, device, dtype)
+                    last_good = snapshot()
                     if step == start + 2 and (warning := budget_warning(desc, str(device), step_times, step, total,
                                                                           limit_s)):
                         say(f"ddbench: warning: {warning}")
@@ -283,8 +294,10 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
             write_record(paths["record"], record)
             paths["checkpoint"].unlink(missing_ok=True)
             return record
+        if curve.cfg is not None and method.distils:  # the curve's last point: the end of the distillation
+            curve.measure(method, data, cell, steps_done, elapsed, device, dtype)
         if steps_done > start:  # the distillation is done: an interruption from here resumes at the evaluation
-            save_checkpoint(steps_done, method.state_dict(), elapsed, step_times, history.entries)
+            save_checkpoint(steps_done, method.state_dict(), elapsed, step_times, history.entries, curve.state())
 
         with stop_on_signals(), _reported_as(f"{desc}: stopped in its evaluation; its distillation is "
                                              "checkpointed: run the same command to resume"):
@@ -303,7 +316,10 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
     finally:
         progress.end()
     evaluation = {"protocol": cell.eval.model_dump(mode="json"), "accuracy_mean": result.accuracy_mean,
-                  "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model}
+                  "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model,
+                  "details": json_safe(result.details)}
+    if curve.cfg is not None:
+        sections["anytime"] = curve.section()
     record = build_record(cell, status="ok", eval_section=evaluation, distill=section(), sections=sections,
                           distilled_file=paths["distilled"].name, **common)
     # The distilled set just before its record: a failure before this point leaves neither.

@@ -1,4 +1,4 @@
-"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``plan SUITE``, ``table DIR``.
+"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``plan SUITE``, ``eval RECORDS``, ``table DIR``.
 
 May import every layer below :mod:`harness.run`; nothing imports it.
 
@@ -97,6 +97,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return report.exit_status
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from harness.run.reeval import reevaluate
+    from harness.run.suite import apply_override
+
+    protocol: dict = {"protocol": args.protocol}
+    for override in args.set or ():
+        apply_override(protocol, override)
+    written = reevaluate(Path(args.target), protocol, args.model, args.validation_size, args.device)
+    print(f"{len(written)} evaluation records (ddbench table DIR --view evals)")
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from harness.run.plan import plan_suite
 
@@ -106,13 +118,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_table(root: Path, fmt: str, view: str = "main") -> None:
-    from harness.report import iter_records, render_view
+    from harness.report import iter_eval_records, iter_records, render_view
 
     records = [record for _, record in iter_records(root)]
     if not records:
         raise DDBenchError("no run records found", file=str(root))
+    evals = [record for _, record in iter_eval_records(root)]
     try:
-        print(render_view(records, view, fmt))
+        print(render_view(records, view, fmt, evals))
     except DDBenchError as err:
         raise err.located(file=str(root)) from None
 
@@ -163,6 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-cell", type=float, help="ray: CPUs per cell (suite: hardware.ray.cpus_per_cell)")
     p.add_argument("--max-retries", type=int, help="ray: reruns of a cell whose worker died (hardware.ray.max_retries)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("eval", help="evaluate saved distilled sets under another protocol or network")
+    p.add_argument("target", help="a run record (.json) or a folder of them")
+    p.add_argument("--protocol", default="standard", help="standard | ratbptt | dsa (default: standard)")
+    p.add_argument("--model", help="the network to train: convnet | resnet18 (default: the one distilled with)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="a protocol option, e.g. --set models=3")
+    p.add_argument("--validation-size", type=int, default=0,
+                   help="hold out this many training images for a protocol that selects (if the run had none)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("plan", help="list a suite's cells, time an outer step of each setting, estimate the total")
     selection(p)

@@ -19,7 +19,7 @@ import torch
 from tabulate import tabulate
 
 from harness.core.process import torch_threads
-from harness.evaluation import evaluate
+from harness.evaluation.protocols import PROTOCOLS, new_network, train_network
 from harness.report import read_record
 from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint, to_device
 from harness.run.progress import human_seconds
@@ -54,10 +54,17 @@ def _time_setting(cell: Cell, data, device, dtype, steps: int) -> tuple[float, f
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
         per_step = statistics.median(times[1:])
-    probe = cell.eval.model_copy(update={"models": 1, "steps": EVAL_PROBE_STEPS})
+    # The evaluation: a few updates of one network under the protocol's recipe, scaled to its total.
+    distilled = method.distilled()
+    protocol = PROTOCOLS.get(cell.eval.protocol)()
+    n = distilled.images.shape[0]
+    recipe = protocol.recipe(cell.eval, n)
+    net = new_network(cell.eval.model or cell.model, data, 0, device, dtype)
+    images, labels = distilled.images.to(device, dtype), distilled.labels.to(device)
+    labels = labels.to(dtype) if labels.is_floating_point() else labels
     t0 = time.perf_counter()
-    evaluate(method.distilled(), data, probe, cell.model, seed=cell.seed, device=device, dtype=dtype, progress=False)
-    eval_s = (time.perf_counter() - t0) / EVAL_PROBE_STEPS * cell.eval.steps * cell.eval.models
+    train_network(net, images, labels, recipe, torch.Generator().manual_seed(0), stop=EVAL_PROBE_STEPS)
+    eval_s = (time.perf_counter() - t0) / EVAL_PROBE_STEPS * protocol.training_steps(cell.eval, n)
     return per_step, eval_s
 
 

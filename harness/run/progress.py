@@ -46,7 +46,8 @@ class CellProgress:
 
 @dataclass
 class BarProgress(CellProgress):
-    """A tqdm bar: steps done of the budget, or seconds of the minutes budget when that bounds it."""
+    """A tqdm bar: steps done of the step budget, or, with a minutes budget, seconds of it (the
+    steps done in the postfix: a run bounded by 10 minutes does not show an ETA of 200 hours)."""
 
     bar: tqdm | None = None
     step_count: int = 0
@@ -55,7 +56,7 @@ class BarProgress(CellProgress):
     def begin(self, desc, total, initial, limit_s):
         super().begin(desc, total, initial, limit_s)
         self.step_count = initial
-        by_time = limit_s is not None and total == 0
+        by_time = limit_s is not None  # a minutes budget: the bar counts its seconds (steps in the postfix)
         self.bar = tqdm(total=int(limit_s) if by_time else total, initial=0 if by_time else initial, desc=desc,
                         unit="s" if by_time else "step", leave=False, dynamic_ncols=True,
                         bar_format=("{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s "
@@ -64,8 +65,8 @@ class BarProgress(CellProgress):
     def step(self, step, elapsed, metrics):
         self.step_count = step + 1
         post = {k: f"{v:.3g}" for k, v in metrics.items() if k in ("outer_loss", "outer_acc")}
-        if self.total == 0 and self.limit_s is not None:
-            post["step"] = str(step + 1)
+        if self.limit_s is not None:
+            post["step"] = f"{step + 1}" + (f"/{self.total}" if self.total else "")
             self.bar.n = min(elapsed, self.limit_s)
             self.bar.set_postfix(post, refresh=True)
         else:

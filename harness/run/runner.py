@@ -21,7 +21,7 @@ from harness.core.progress import showing_progress
 from harness.data import DatasetSplits, load_dataset
 from harness.engine.optim import optimizer_without_lr
 from harness.evaluation import ANALYSES
-from harness.evaluation.protocol import check_learned_lr
+from harness.evaluation.protocols import PROTOCOLS, check_learned_lr
 from harness.models import create_model
 from harness.report import read_record
 from harness.run.cell import CellOutcome, cell_desc, cell_method, cell_paths, cell_task, load_checkpoint
@@ -162,6 +162,11 @@ def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype
             raise ConfigError(f"{cell_desc(cell)}: {cell.method} plans by its number of outer steps and cannot run "
                               "until a minutes budget only: give outer_steps", file=str(suite.path),
                               field="budget.outer_steps")
+    if PROTOCOLS.get(cell.eval.protocol).needs_validation or getattr(cell.eval, "lr_grid", None):
+        if not cell.dataset.validation_size:
+            raise ConfigError(f"the {cell.eval.protocol!r} protocol selects on a validation split held out of the "
+                              f"training set: set data.{cell.dataset.name}.validation_size", file=str(suite.path),
+                              field="eval.protocol")
     learned_for = method.learned_lr_optimizer()
     if learned_for is not None and cell.eval.use_learned_lr:
         try:

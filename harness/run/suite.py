@@ -7,10 +7,12 @@ A suite is a TOML file (see ``suites/smoke.toml`` for a commented example)::
     [hardware]     device ("cpu" | "cuda" | "auto"), dtype, threads
     [budget]       outer_steps, minutes (per cell), checkpoint_minutes; [budget.by_ipc.10] overrides
     [model]        the network distilled with (harness.models.ModelConfig)
-    [eval]         the evaluation protocol (harness.evaluation.EvalProtocol)
+    [eval]         the evaluation protocol: protocol = "standard" | "ratbptt" | "dsa" and its options
+                   (harness.evaluation.protocols)
     [data.NAME]    options of dataset NAME (harness.data.DataConfig, without ``name``)
     [ANALYSIS]     the config of a registered analysis of every distilled set, e.g. [hardness]
                    (harness.evaluation.hardness) and [subsets] (harness.evaluation.subsets)
+    [anytime]      accuracy at budget: evaluate the set every k outer steps / m minutes (AnytimeConfig)
     [method_defaults]  settings given to every method whose config has that field (e.g. the
                    inner optimizer, the real batch), and to the method a wrapper wraps (its
                    ``Method.wraps``); a method's own table overrides them
@@ -36,7 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from harness.core.config import merge, validate_config
 from harness.core.errors import ConfigError, DDBenchError, UnknownNameError
 from harness.data import DataConfig, check_dataset
-from harness.evaluation import ANALYSES, EvalProtocol
+from harness.evaluation import ANALYSES, AnyProtocol, ProtocolConfig
+from harness.evaluation.protocols.builtin import StandardConfig
 from harness.method import method_class, validate_method_config
 from harness.models import ModelConfig
 
@@ -144,16 +147,35 @@ class Budget(BudgetValues):
                             minutes=override.minutes if override.minutes is not None else self.minutes)
 
 
+class AnytimeConfig(_Strict):
+    """Accuracy at budget (``[anytime]``): the synthetic set evaluated during distillation, every
+    ``every_steps`` outer steps and/or ``every_minutes`` of distillation, with a (cheaper)
+    protocol; the record keeps the curve (outer step, seconds, accuracy). Not in the run id: it
+    does not change the distilled set, and its time is not counted as distillation time."""
+
+    enabled: bool = False
+    every_steps: int | None = Field(None, ge=1)
+    every_minutes: float | None = Field(None, gt=0)
+    protocol: AnyProtocol = StandardConfig(models=2, steps=300)
+
+    @model_validator(mode="after")
+    def _when(self):
+        if self.enabled and self.every_steps is None and self.every_minutes is None:
+            raise ValueError("every_steps or every_minutes must say when to evaluate")
+        return self
+
+
 class SuiteFile(_Strict):
     suite: SuiteInfo
     grid: Grid
     hardware: Hardware = Hardware()
     budget: Budget = Budget()
     model: ModelConfig = ModelConfig()
-    eval: EvalProtocol = EvalProtocol()
+    eval: AnyProtocol = StandardConfig()
     data: dict[str, dict[str, Any]] = {}
     method_defaults: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    anytime: AnytimeConfig = AnytimeConfig()
 
 
 @dataclass(frozen=True)
@@ -168,7 +190,7 @@ class Cell:
     method_config: BaseModel
     seed: int
     model: ModelConfig
-    eval: EvalProtocol
+    eval: ProtocolConfig
     budget: BudgetValues
     hardware: Hardware
     checkpoint_minutes: float  # how often a long run checkpoints; not part of the run id
@@ -177,6 +199,7 @@ class Cell:
     # redo its analyses). An analysis the suite does not configure runs with its defaults.
     analyses: dict[str, BaseModel] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # ``--set`` options the suite was loaded with (their values are in the config)
+    anytime: AnytimeConfig | None = None  # the accuracy-at-budget curve (not in the run id)
 
     def normalized(self) -> dict[str, Any]:
         """The cell's config in a canonical JSON form: hashed into the run id."""
@@ -238,7 +261,7 @@ class Suite:
                                         self.method_configs[(label, ipc)], seed, self.spec.model, self.spec.eval,
                                         self.spec.budget.for_ipc(ipc), self.spec.hardware,
                                         self.spec.budget.checkpoint_minutes, dict(self.analyses),
-                                        self.overrides))
+                                        self.overrides, self.spec.anytime))
         return out
 
     def _select(self, wanted: list | None, grid: list, option: str) -> list:

@@ -1,0 +1,233 @@
+"""Evaluation protocols: how fresh networks are trained on a distilled set and scored.
+
+Distillation papers disagree mostly about evaluation (ZCA, DSA or not, how many steps, which
+model, which set picks the budget). Each way is a registered protocol, named in every record
+(``eval.protocol.protocol``), so two numbers are only compared when they were measured the same
+way. A suite picks one in ``[eval]``::
+
+    [eval]
+    protocol = "ratbptt"     # standard (default) | ratbptt | dsa
+    models = 8
+
+A protocol is a config (its options and defaults) and a class that turns it into trained
+networks. They share :func:`train_network` (one network on a set, under a :class:`TrainRecipe`)
+and :func:`test_correct`. No protocol ever selects anything on the test set: selections (a step
+budget, a learning rate) use the validation split held out of the training set
+(``[data.NAME] validation_size``), which the distillation never sees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny
+
+from harness.core.config import NestedConfigError, validate_config
+from harness.core.errors import ConfigError
+from harness.core.process import seeded
+from harness.core.registry import Registry, first_doc_line
+from harness.data import DatasetSplits
+from harness.engine import inner_loss
+from harness.engine.optim import InnerOptimizerConfig, make_torch_optimizer, optimizer_without_lr
+from harness.method import DistilledSet
+from harness.models import ModelConfig, create_model
+
+
+class ProtocolConfig(BaseModel):
+    """What every protocol has: its name, the networks it trains, how it tests them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: str = "standard"
+    models: int = Field(5, ge=1)  # fresh networks, each from its own seed
+    model: ModelConfig | None = None  # None: the network the set was distilled with
+    use_learned_lr: bool = True  # train with the distilled set's learned inner lr, when it has one
+    test_batch: int = Field(2048, ge=1)
+
+
+PROTOCOLS: Registry[type["Protocol"]] = Registry("evaluation protocol",
+                                                 builtins=("harness.evaluation.protocols.builtin",))
+
+
+def protocol_config(data: Any) -> ProtocolConfig:
+    """A protocol's typed config from its table (``protocol`` names it; default ``standard``)."""
+    if isinstance(data, ProtocolConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"an evaluation protocol is a table, got {data!r}")
+    name = data.get("protocol", "standard")
+    cls = PROTOCOLS.get(name, field="protocol")
+    return validate_config(cls.Config, {**data, "protocol": name})
+
+
+def _protocol_field(data: Any) -> ProtocolConfig:
+    try:
+        return protocol_config(data)
+    except ConfigError as err:
+        raise NestedConfigError(err) from None
+
+
+# A config field holding any protocol's config (validated by the protocol it names, dumped whole).
+AnyProtocol = Annotated[SerializeAsAny[ProtocolConfig], BeforeValidator(_protocol_field)]
+
+
+@dataclass
+class EvalResult:
+    accuracy_per_model: list[float]
+    correct: torch.Tensor  # [models, n_test] bool: which test examples each model got right
+    details: dict[str, Any] = field(default_factory=dict)  # what the protocol selected, and on what
+
+    @property
+    def accuracy_mean(self) -> float:
+        return float(torch.tensor(self.accuracy_per_model, dtype=torch.float64).mean())
+
+    @property
+    def accuracy_std(self) -> float:
+        acc = torch.tensor(self.accuracy_per_model, dtype=torch.float64)
+        return float(acc.std(unbiased=False)) if len(acc) > 1 else 0.0
+
+
+@dataclass
+class TrainRecipe:
+    """How one network is trained on a set of images."""
+
+    optimizer: InnerOptimizerConfig
+    steps: int
+    batch_size: int | None  # None: the whole set at every step
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (batch, generator) -> batch
+    schedule: Literal["constant", "cosine", "step"] = "constant"  # step: lr x 0.1 after half the steps
+
+
+class Protocol:
+    """A registered evaluation protocol (see the module docstring)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ProtocolConfig]]
+    needs_validation: ClassVar[bool] = False  # selects on the validation split
+
+    def evaluate(self, cfg: ProtocolConfig, distilled: DistilledSet, data: DatasetSplits, model_cfg: ModelConfig,
+                 seed: int, device: torch.device, dtype: torch.dtype) -> EvalResult:
+        raise NotImplementedError
+
+    def recipe(self, cfg: ProtocolConfig, n_images: int) -> TrainRecipe:
+        """How this protocol trains a network on ``n_images`` images (its full-data runs, its cost)."""
+        raise NotImplementedError
+
+    def training_steps(self, cfg: ProtocolConfig, n_images: int) -> int:
+        """Network updates one evaluation makes (for ``ddbench plan``'s estimate)."""
+        return cfg.models * self.recipe(cfg, n_images).steps
+
+    def without_augmentation(self, cfg: ProtocolConfig) -> ProtocolConfig:
+        """The same protocol with no augmentation (DD-Ranking's ARS compares the two)."""
+        raise NotImplementedError
+
+    @classmethod
+    def description(cls) -> str:
+        return first_doc_line(cls)
+
+
+def register_protocol(name: str):
+    return PROTOCOLS.class_decorator(name)
+
+
+def evaluate(distilled: DistilledSet, data: DatasetSplits, protocol: ProtocolConfig, model_cfg: ModelConfig, *,
+             seed: int, device: torch.device, dtype: torch.dtype = torch.float32, progress: bool = False,
+             desc: str = "eval") -> EvalResult:
+    """``distilled`` evaluated on ``data`` by ``protocol`` (its ``model`` or else ``model_cfg``)."""
+    del progress, desc
+    cls = PROTOCOLS.get(protocol.protocol)
+    if cls.needs_validation and data.val_x is None:
+        raise ConfigError(f"the {protocol.protocol!r} protocol selects on a validation split; set "
+                          f"data.{data.name}.validation_size", field="eval.protocol")
+    return cls().evaluate(protocol, distilled, data, protocol.model or model_cfg, seed, device, dtype)
+
+
+# --------------------------------------------------------------------------- training one network
+
+
+def check_learned_lr(learned_for: dict | None, optimizer: InnerOptimizerConfig, where: str = "eval") -> None:
+    """Refuse to train with a learned inner lr under another optimizer than the one it was learned
+    for (an Adam lr is no SGD lr): a :class:`ConfigError` naming the fields."""
+    if learned_for is not None and learned_for != optimizer_without_lr(optimizer):
+        raise ConfigError(f"the distilled set's learned lr belongs to the {learned_for['name']!r} inner optimizer "
+                          f"{_options(learned_for)}, not to {where}.optimizer ({optimizer.name!r} "
+                          f"{_options(optimizer_without_lr(optimizer))}); set {where}.use_learned_lr = false, or "
+                          f"{where}.optimizer to the inner optimizer", field=f"{where}.use_learned_lr")
+
+
+def _options(cfg: dict) -> str:
+    default = optimizer_without_lr(InnerOptimizerConfig(name=cfg["name"]))
+    changed = {k: v for k, v in cfg.items() if k != "name" and v != default[k]}
+    return "(" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "(defaults)"
+
+
+def learned_optimizer(cfg: ProtocolConfig, optimizer: InnerOptimizerConfig,
+                      distilled: DistilledSet) -> InnerOptimizerConfig | None:
+    """``optimizer`` at the set's learned lr when the protocol uses it (and it belongs to that
+    optimizer), else None."""
+    if not (cfg.use_learned_lr and distilled.lr is not None):
+        return None
+    check_learned_lr(distilled.lr_optimizer, optimizer)
+    return optimizer.model_copy(update={"lr": distilled.lr})
+
+
+def new_network(model_cfg: ModelConfig, data: DatasetSplits, seed: int, device, dtype) -> torch.nn.Module:
+    with seeded(seed, device):  # the network's default init draws from the global generator
+        return create_model(model_cfg, data.image_shape, data.num_classes).to(device, dtype)
+
+
+def train_network(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: TrainRecipe,
+                  gen: torch.Generator, *, start: int = 0, stop: int | None = None,
+                  state: dict | None = None) -> dict:
+    """Train ``net`` on ``(images, labels)`` by ``recipe`` from step ``start`` to ``stop`` (default
+    ``recipe.steps``); returns the optimizer state to continue later (a protocol that scores one
+    network at several budgets trains it in pieces, which equals one run)."""
+    stop = recipe.steps if stop is None else stop
+    if state is None:
+        opt = make_torch_optimizer(recipe.optimizer, net.parameters())
+        total = recipe.steps
+        if recipe.schedule == "cosine":
+            factor = lambda s: 0.5 * (1 + math.cos(math.pi * s / total))  # noqa: E731
+        elif recipe.schedule == "step":
+            factor = lambda s: 0.1 if s >= total // 2 else 1.0  # noqa: E731
+        else:
+            factor = None
+        sched = None if factor is None else torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        state = {"opt": opt, "sched": sched}
+    opt, sched = state["opt"], state["sched"]
+    n = images.shape[0]
+    net.train()
+    for _ in range(start, stop):
+        if recipe.batch_size is not None and recipe.batch_size < n:
+            idx = torch.randperm(n, generator=gen)[: recipe.batch_size].to(images.device)
+            x, y = images[idx], labels[idx]
+        else:
+            x, y = images, labels
+        loss = inner_loss(net(recipe.augment(x, gen)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    return state
+
+
+def set_tensors(distilled: DistilledSet, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = distilled.images.to(device, dtype), distilled.labels.to(device)
+    return images, labels.to(dtype) if labels.is_floating_point() else labels
+
+
+@torch.no_grad()
+def correct_on(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
+    """Which examples of ``(x, y)`` ``net`` classifies correctly, as a bool vector (on the CPU)."""
+    net.eval()
+    out = [net(x[s:s + batch]).argmax(-1) == y[s:s + batch] for s in range(0, x.shape[0], batch)]
+    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
+
+
+def test_correct(net: torch.nn.Module, data: DatasetSplits, batch: int) -> torch.Tensor:
+    """Which test examples ``net`` classifies correctly."""
+    return correct_on(net, data.test_x, data.test_y, batch)
