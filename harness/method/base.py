@@ -94,6 +94,9 @@ class DistilledSet:
     lr_optimizer: dict[str, Any] | None = None
     blocks: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # The images as pixels in [0, 1] (normalization and ZCA undone), to look at; set by the
+    # runner when it saves a set (``DatasetSplits.to_pixels``), None where unknown.
+    pixels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.shape[0] != self.num_classes * self.ipc:
@@ -117,6 +120,7 @@ class DistilledSet:
             labels=self.labels[rows],
             ipc=len(per_class),
             blocks=None if self.blocks is None else self.blocks[rows],
+            pixels=None if self.pixels is None else self.pixels[rows.to(self.pixels.device)],
             meta={**self.meta, "subset_of_ipc": self.ipc, "subset_positions": per_class.tolist()},
         )
 
@@ -135,13 +139,14 @@ class DistilledSet:
             "lr_optimizer": self.lr_optimizer,
             "blocks": None if self.blocks is None else self.blocks.cpu(),
             "meta": self.meta,
+            "pixels": None if self.pixels is None else self.pixels.detach().cpu(),
         }
         atomic_torch_save(payload, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> "DistilledSet":
         payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        return cls(**{"lr_optimizer": None, **payload})  # files of ddbench 0.1 have no lr_optimizer
+        return cls(**{"lr_optimizer": None, "pixels": None, **payload})  # files of ddbench 0.1 have neither
 
 
 class Method(ABC):

@@ -303,7 +303,10 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
                                              "checkpointed: run the same command to resume"):
             progress.phase("evaluating")
             distilled = method.distilled()
-            distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name})
+            distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name,
+                                   "pixels": "normalization and ZCA undone; after ZCA each image min-max scaled"})
+            if data.to_pixels is not None:
+                distilled.pixels = data.to_pixels(distilled.images)
             result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype,
                               progress=False, desc=f"{desc} eval")
             ctx = AnalysisContext(data=data, distilled=distilled, eval_result=result, protocol=cell.eval,

@@ -95,7 +95,7 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
             estimate = 0.0
             for cell, (_, reached) in pending:
                 distill = per_step * max(0, steps - reached) if steps else 0.0
-                if limit is not None:
+                if limit is not None and per_step:  # a method that distils stops at its minutes
                     distill = min(distill, limit * 60) if steps else limit * 60
                 estimate += distill + eval_s
             total += estimate
