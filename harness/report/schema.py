@@ -168,6 +168,7 @@ class RunRecord(_Readable):
     dataset: str
     dataset_config: dict[str, Any] = {}
     preprocessing: dict[str, Any] = {}
+    class_names: list[str] = []  # the dataset's classes, in label order
     ipc: int = Field(ge=1)
     method: str  # the suite's label
     method_name: str | None = None  # the registry name (None in early schema-1 records: the label)

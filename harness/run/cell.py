@@ -280,7 +280,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
         steps_done = step
         wraps = None if method.wraps is None else getattr(cell.method_config, method.wraps[0])
         common = dict(device=device, dtype=dtype, started_at=started_at, busy=busy, wraps=wraps,
-                      preprocessing=data.preprocessing)
+                      preprocessing=data.preprocessing, class_names=data.class_names)
 
         def section(**extra: Any) -> dict[str, Any]:
             return distill_section(steps_done=steps_done, stopped_by=stopped_by, elapsed=elapsed,

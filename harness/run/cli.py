@@ -1,4 +1,5 @@
-"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``plan SUITE``, ``eval RECORDS``, ``table DIR``.
+"""The ``ddbench`` command line: ``list``, ``run SUITE``, ``plan SUITE``, ``eval RECORDS``, ``table DIR``,
+``publish DIR... --out SITE``.
 
 May import every layer below :mod:`harness.run`; nothing imports it.
 
@@ -79,6 +80,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _cmd_plan(args)
     suite, selection = _selection(args)
+    live_log = None
+    if args.log:
+        from harness.run.livelog import LiveLog
+
+        live_log = LiveLog.parse(args.log)
+        live_log.check()
     executor = None
     if args.executor == "ray":
         from harness.run.ray_executor import RayExecutor
@@ -86,6 +93,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         executor = RayExecutor.from_options(suite, address=args.address, gpus_per_cell=args.gpus_per_cell,
                                             cpus_per_cell=args.cpus_per_cell, max_retries=args.max_retries,
                                             progress=not args.quiet)
+        executor.live_log = live_log
+    elif live_log is not None:
+        from harness.run.executors import LocalExecutor
+
+        executor = LocalExecutor(live_log=live_log)
     elif any(v is not None for v in (args.address, args.gpus_per_cell, args.cpus_per_cell, args.max_retries)):
         raise DDBenchError("--address, --gpus-per-cell, --cpus-per-cell and --max-retries go with --executor ray",
                            field="--executor")
@@ -106,6 +118,17 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         apply_override(protocol, override)
     written = reevaluate(Path(args.target), protocol, args.model, args.validation_size, args.device)
     print(f"{len(written)} evaluation records (ddbench table DIR --view evals)")
+    return 0
+
+
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from harness.core.progress import showing_progress
+    from harness.report.site.build import publish
+
+    with showing_progress(not args.quiet):
+        done = publish([Path(d) for d in args.dirs], Path(args.out))
+    print(f"site: {args.out}/index.html ({done['records']} records, {done['boards']} leaderboards, "
+          f"{done['runs']} run pages, {done['bytes'] / 1024:.0f} KB)")
     return 0
 
 
@@ -169,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="store_true", help="print the suite's comparison table when done")
     p.add_argument("--dry-run", action="store_true", help="list the cells and estimate their time (ddbench plan)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (the per-cell lines stay)")
+    p.add_argument("--log", nargs="+", metavar="KIND", help="a live log of every cell's history: "
+                   "tensorboard DIR, or wandb [DIR] (offline mode)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: cells one after another in this process (default); ray: every cell a Ray task")
     p.add_argument("--address", help="ray: join this cluster (ray start --head ...); default: a local instance")
@@ -186,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hold out this many training images for a protocol that selects (if the run had none)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("publish", help="a static leaderboard site (HTML, plots, image grids) from run records")
+    p.add_argument("dirs", nargs="+", help="folders of run records")
+    p.add_argument("--out", default="site", help="the site's folder (default: site)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser("plan", help="list a suite's cells, time an outer step of each setting, estimate the total")
     selection(p)

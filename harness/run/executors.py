@@ -12,7 +12,8 @@ from typing import Callable, Protocol
 import torch
 
 from harness.data import DatasetSplits
-from harness.run.cell import CellOutcome, execute_cell, to_device
+from harness.run.cell import CellOutcome, cell_desc, execute_cell, to_device
+from harness.run.livelog import Tee
 from harness.run.progress import BarProgress, CellProgress, say
 
 
@@ -26,8 +27,9 @@ class LocalExecutor:
     """The cells one after another in this process, each dataset moved to the device while its
     cells run (and only then); one line per finished cell."""
 
-    def __init__(self, report: Callable[[str], None] = say):
+    def __init__(self, report: Callable[[str], None] = say, live_log=None):
         self.report = report
+        self.live_log = live_log  # a harness.run.livelog.LiveLog, or None
 
     def run(self, cells, datasets, device, dtype, out_dir, progress) -> list[CellOutcome]:
         resident: tuple[str, DatasetSplits] | None = None
@@ -42,7 +44,10 @@ class LocalExecutor:
                     resident = (name, to_device(datasets[name], device, dtype))
                 return resident[1]
 
-            outcome = execute_cell(cell, data, device, dtype, out_dir, BarProgress() if progress else CellProgress())
+            sink = BarProgress() if progress else CellProgress()
+            if self.live_log is not None:
+                sink = Tee([sink, self.live_log.sink(cell_desc(cell), cell.normalized())])
+            outcome = execute_cell(cell, data, device, dtype, out_dir, sink)
             self.report(outcome.line())
             outcomes.append(outcome)
         return outcomes

@@ -31,6 +31,7 @@ from harness.core.errors import ConfigError, DDBenchError, StorageError
 from harness.core.process import torch_threads
 from harness.data import load_dataset
 from harness.run.cell import CellOutcome, cell_desc, execute_cell, to_device
+from harness.run.livelog import Tee
 from harness.run.progress import CellProgress, human_seconds, say
 from harness.run.suite import Cell, RayResources, Suite
 
@@ -81,7 +82,7 @@ class BoardProgress(CellProgress):
         self._send(force=True)
 
 
-def _cell_task(cell: Cell, out_dir: str, board, threads: int | None) -> CellOutcome:
+def _cell_task(cell: Cell, out_dir: str, board, threads: int | None, live_log=None) -> CellOutcome:
     """One cell on a Ray worker: its dataset (loaded once per worker process), its device (the
     GPU Ray gave this task, if any), the cell run under its lock."""
     from harness.run.runner import resolve_device
@@ -92,8 +93,10 @@ def _cell_task(cell: Cell, out_dir: str, board, threads: int | None) -> CellOutc
     with torch_threads(threads):
         if key not in _DATASETS:
             _DATASETS[key] = load_dataset(cell.dataset)
-        return execute_cell(cell, lambda: to_device(_DATASETS[key], device, dtype), device, dtype, Path(out_dir),
-                            BoardProgress(board, cell.run_id))
+        sink = BoardProgress(board, cell.run_id)
+        if live_log is not None:
+            sink = Tee([sink, live_log.sink(cell_desc(cell), cell.normalized())])
+        return execute_cell(cell, lambda: to_device(_DATASETS[key], device, dtype), device, dtype, Path(out_dir), sink)
 
 
 def _storage_probe(token: str, expected: str) -> str | None:
@@ -115,8 +118,8 @@ def _storage_probe(token: str, expected: str) -> str | None:
 
 
 class RayExecutor:
-    def __init__(self, resources: RayResources, address: str | None = None, progress: bool = True):
-        self.resources, self.address, self.progress = resources, address, progress
+    def __init__(self, resources: RayResources, address: str | None = None, progress: bool = True, live_log=None):
+        self.resources, self.address, self.progress, self.live_log = resources, address, progress, live_log
 
     @classmethod
     def from_options(cls, suite: Suite, *, address: str | None = None, gpus_per_cell: float | None = None,
@@ -154,7 +157,8 @@ class RayExecutor:
         task = ray.remote(_cell_task).options(num_cpus=res.cpus_per_cell, num_gpus=res.gpus_per_cell,
                                                max_retries=res.max_retries, retry_exceptions=False)
         threads = max(1, int(res.cpus_per_cell))
-        refs = {task.remote(cell, str(out_dir), board, cell.hardware.threads or threads): cell for cell in cells}
+        refs = {task.remote(cell, str(out_dir), board, cell.hardware.threads or threads, self.live_log): cell
+                for cell in cells}
         display = _Display(self.progress)
         outcomes: list[CellOutcome] = []
         try:

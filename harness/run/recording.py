@@ -53,7 +53,7 @@ def distill_section(*, steps_done: int, stopped_by: str, elapsed: float, step_ti
 
 
 def build_record(cell: Cell, *, status: str, distill: dict[str, Any], eval_section: dict[str, Any] | None,
-                 preprocessing: dict, device: torch.device, dtype: torch.dtype, started_at: str, busy: BusyMeter,
+                 preprocessing: dict, class_names: tuple[str, ...] = (), device: torch.device, dtype: torch.dtype, started_at: str, busy: BusyMeter,
                  wraps: str | None, sections: dict[str, Any] | None = None, distilled_file: str | None = None,
                  **extra: Any) -> RunRecord:
     """The record of a cell that ended with ``status``; ``eval_section`` None for one that was
@@ -68,6 +68,7 @@ def build_record(cell: Cell, *, status: str, distill: dict[str, Any], eval_secti
         "dataset": cell.dataset.name,
         "dataset_config": cell.dataset.model_dump(mode="json"),
         "preprocessing": preprocessing,
+        "class_names": list(class_names),
         "ipc": cell.ipc,
         "method": cell.method_label,
         "method_name": cell.method,

@@ -1,0 +1,85 @@
+"""``ddbench publish RESULTS_DIR... --out SITE_DIR``: the static site, from run records."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from harness.core.errors import DDBenchError
+from harness.core.progress import progress_bar
+from harness.report.records import iter_records
+from harness.report.site import exports, grids, pages, plots
+from harness.report.site.rows import boards, leaderboard_rows
+from harness.report.tables import unique_runs
+
+GENERATED = ("assets", "figures", "runs", "index.html", "leaderboard.md", "leaderboard.tex")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
+
+
+def publish(sources: list[Path], out: Path) -> dict:
+    """Build the site in ``out`` from the records under ``sources``; returns what it wrote."""
+    found = []
+    for source in sources:
+        if not Path(source).is_dir():
+            raise DDBenchError("not a directory of run records", file=str(source))
+        found += list(iter_records(Path(source)))  # a malformed record: one line naming it
+    if not found:
+        raise DDBenchError("no run records found", file=", ".join(map(str, sources)))
+    paths = {}
+    for path, record in found:
+        paths.setdefault(record.run_id, path)
+    records = sorted(unique_runs(r for _, r in found), key=lambda r: (r.dataset, r.ipc, r.method, r.seed, r.run_id))
+    rows = leaderboard_rows(records)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in GENERATED:  # what an earlier build wrote; nothing else in the folder is touched
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    (out / "assets").mkdir()
+    (out / "assets" / "site.css").write_text(pages.CSS.lstrip())
+    (out / "assets" / "site.js").write_text(pages.JS.lstrip())
+
+    run_pages, grid_list = {}, []
+    runs_dir, figures_dir = out / "runs", out / "figures"
+    for record in progress_bar(records, desc="publish: runs", unit="run"):
+        stem = _slug(f"{record.suite}-{record.dataset}-ipc{record.ipc}-{record.method}-s{record.seed}-{record.run_id}")
+        source = paths[record.run_id]
+        runs_dir.mkdir(exist_ok=True)
+        files = {"record": f"{stem}.json"}
+        shutil.copyfile(source, runs_dir / files["record"])
+        grid_caption = None
+        distilled = source.with_name(record.distilled_file) if record.distilled_file else None
+        if distilled is not None and distilled.is_file():
+            files["distilled"] = f"{stem}.distilled.pt"
+            shutil.copyfile(distilled, runs_dir / files["distilled"])
+            names = getattr(record, "class_names", None) or None
+            files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid")
+            grid_list.append((record.dataset, f"{record.method} IPC {record.ipc} s{record.seed}",
+                              f"runs/{files['grid']}", f"runs/{stem}.html"))
+        files["history"] = plots.history(record, runs_dir, f"{stem}-history")
+        (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption))
+        run_pages[record.run_id] = f"runs/{stem}.html"
+
+    board_figures, dataset_figures = {}, {}
+    for (dataset, ipc) in progress_bar(list(boards(rows)), desc="publish: figures", unit="board"):
+        figs = [(plots.pareto(rows, dataset, ipc, figures_dir), "accuracy against seconds per outer step and "
+                                                                "against peak memory; the line: the Pareto front"),
+                (plots.anytime(records, dataset, ipc, figures_dir), "accuracy at budget: the anytime curves")]
+        board_figures[(dataset, ipc)] = [(f"figures/{src}", caption) for src, caption in figs if src]
+    for dataset in sorted({r.dataset for r in rows}):
+        figs = [(plots.accuracy_vs_ipc(rows, dataset, figures_dir), "accuracy against IPC, mean ± std"),
+                (plots.subset_curves(records, dataset, figures_dir), "subsets of distilled sets (prefixes, random "
+                                                                     "subsets, block prefixes) by subset IPC"),
+                (plots.hardness(records, dataset, figures_dir), "accuracy per hardness bucket (forgetting scores)")]
+        dataset_figures[dataset] = [(f"figures/{src}", caption) for src, caption in figs if src]
+    ranked = boards(rows)
+    (out / "index.html").write_text(pages.index_page(ranked, board_figures, dataset_figures, grid_list, run_pages,
+                                                     len(records), [str(s) for s in sources]))
+    (out / "leaderboard.md").write_text(exports.markdown(rows))
+    (out / "leaderboard.tex").write_text(exports.latex(rows))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"records": len(records), "boards": len(ranked), "runs": len(run_pages), "bytes": size}
