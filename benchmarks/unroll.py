@@ -17,7 +17,10 @@ on the same device, in this one process, one after the other:
   meta-gradient: a lower bound on any exact method.
 
 For each window M it reports the median seconds per outer step and the peak memory, and the
-ratios against the baseline; ``--methods`` adds whole outer steps of registered methods
+ratios against the baseline. ``--trajectories 1,2,4,8`` (the default) times ddbench's variants
+with K inner trajectories per outer step run as one batched network (``engine.trajectories``,
+K inits, the meta-gradient their mean): seconds per outer step, meta-gradients per second
+(K / seconds) and peak memory, for every window; ``--methods`` adds whole outer steps of registered methods
 (e.g. ``rat_bptt,at_bptt``) at the same shapes. ``--check`` first compares every variant's
 meta-gradient with the baseline's on a short unroll in float64 (same init, same data).
 
@@ -48,9 +51,10 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from harness.engine.cudagraphs import StepGraphs
-from harness.engine import FunctionalModel, InnerSchedule, meta_gradient
+from harness.engine import FunctionalModel, InnerSchedule, Trajectories, meta_gradient, stack_schedules
 from harness.engine.memory import PeakMemory
 from harness.models import ConvNet
+from harness.models.batched import BatchedConvNet
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 from harness.core.provenance import hardware_info
 from harness.engine.tensor_memory import TensorMemoryMeter
@@ -91,6 +95,8 @@ class Problem:
         self.real_y = torch.randint(0, s.classes, (s.real_batch,), generator=gen).to(device)
         self.functional: FunctionalModel | None = None  # built on first use by the ddbench variants
         self.optimizer = None
+        self.batched: dict[int, FunctionalModel] = {}  # K -> the K-trajectory network
+        self.real: dict[int, tuple[torch.Tensor, torch.Tensor]] = {1: (self.real_x, self.real_y)}
 
     def network(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -139,6 +145,48 @@ def _ddbench(p: Problem, window: int, seed: int, mode: str, chunk: int | None, g
                            steps_factory=graphs.factory if graphs is not None else None,
                            offload_snapshots=mode == "recompute" and p.device.type == "cuda")
     return result.images
+
+
+def step_trajectories(p: Problem, window: int, count: int, mode: str, chunk: int | None,
+                      graphs: StepGraphs | None, seed: int = 0) -> torch.Tensor:
+    """ddbench with ``count`` trajectories (inits ``seed .. seed + count - 1``) in one batched
+    network; each trajectory has its own copy of the real batch. Returns the mean meta-gradient."""
+    if count not in p.batched:
+        p.batched[count] = FunctionalModel(BatchedConvNet(p.network(seed), count).to(p.device, p.dtype))
+        p.real[count] = (p.real_x.repeat(count, 1, 1, 1), p.real_y.repeat(count))
+    if p.optimizer is None:
+        p.optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
+    model = p.batched[count]
+    model.module.load_blocks([p.network(seed + k) for k in range(count)])
+    images = p.images.detach().requires_grad_()
+    n = p.shapes.unroll
+    result = meta_gradient(model, model.parameters(), p.optimizer, LR, images, p.labels,
+                           stack_schedules([p.schedule(n)] * count), window, *p.real[count], mode=mode,
+                           real_chunk=chunk, trajectories=Trajectories((n,) * count, (window,) * count),
+                           steps_factory=graphs.factory if graphs is not None else None,
+                           offload_snapshots=mode == "recompute" and p.device.type == "cuda")
+    return result.images
+
+
+def trajectory_variants(device: torch.device, shapes: Shapes) -> dict:
+    out = {"full": lambda p, m, k: step_trajectories(p, m, k, "full", None, None),
+           "recompute": lambda p, m, k: step_trajectories(p, m, k, "recompute", shapes.real_chunk, None)}
+    if device.type == "cuda":
+        graphs = StepGraphs()
+        out["recompute+graphs"] = lambda p, m, k: step_trajectories(p, m, k, "recompute", shapes.real_chunk, graphs)
+    return out
+
+
+def trajectory_check(device: torch.device, shapes: Shapes, count: int = 2) -> float:
+    """Relative error of the batched meta-gradient of ``count`` trajectories against the mean of
+    the ``count`` single-trajectory ones (float64, short unroll, recompute mode)."""
+    s = Shapes(**{**asdict(shapes), "unroll": 6, "windows": (3,), "real_batch": min(shapes.real_batch, 256),
+                  "real_chunk": 100, "width": min(shapes.width, 16)})
+    p = Problem(s, device, torch.float64, seed=1)
+    singles = [_ddbench(p, 3, 3 + k, "recompute", s.real_chunk, None) for k in range(count)]
+    want = torch.stack(singles).mean(0)
+    got = step_trajectories(p, 3, count, "recompute", s.real_chunk, None, seed=3)
+    return float((got - want).norm() / want.norm())
 
 
 def step_floor(p: Problem, window: int, seed: int = 0) -> None:
@@ -311,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="with --methods: where each method's step time goes")
     ap.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
                     help="compare the meta-gradients with the baseline's first (default on)")
+    ap.add_argument("--trajectories", default="1,2,4,8",
+                    help="comma-separated K values for the batched-trajectory table ('' to skip)")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
 
@@ -333,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unroll.py: error: --variants: unknown {unknown[0]!r} (known on {device.type}: {', '.join(table)})",
               file=sys.stderr)
         return 2
+    try:
+        counts = [int(k) for k in args.trajectories.split(",") if k]
+    except ValueError:
+        counts = [0]
+    if any(k < 1 for k in counts):
+        print(f"unroll.py: error: --trajectories: K values must be integers >= 1, got {args.trajectories!r}",
+              file=sys.stderr)
+        return 2
     if any(w > shapes.unroll or w < 1 for w in shapes.windows):
         print(f"unroll.py: error: --windows: every M must be in [1, {shapes.unroll}]", file=sys.stderr)
         return 2
@@ -342,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     checks = gradient_check(device, names, shapes) if args.check else {}
     for name, err in checks.items():
         print(f"gradient check {name:18s} relative error vs higher: {err:.2e}", flush=True)
+    if args.check and counts:
+        checks["trajectories_vs_mean_of_singles"] = trajectory_check(device, shapes)
+        print(f"gradient check K=2 trajectories vs the mean of 2 single ones: "
+              f"{checks['trajectories_vs_mean_of_singles']:.2e}", flush=True)
 
     problem = Problem(shapes, device, torch.float32)
     rows = []
@@ -357,6 +419,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"  M={window:4d} {name:18s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
                   flush=True)
+    trajectory_rows = []
+    batched = trajectory_variants(device, shapes)
+    for window in shapes.windows if counts else ():
+        for name in [n for n in names if n in batched]:
+            for count in counts:
+                stats = measure(lambda: batched[name](problem, window, count), shapes.steps, device)
+                trajectory_rows.append({"variant": name, "window": window, "trajectories": count, **stats,
+                                        "meta_gradients_per_s": count / stats["median_s"]})
+                print(f"  M={window:4d} {name:18s} K={count:2d} {stats['median_s']:.4f} s  "
+                      f"{count / stats['median_s']:8.2f} meta-grads/s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
+                      flush=True)
     method_rows = []
     for window in shapes.windows[:1] if args.methods else ():
         method_rows = method_steps([m for m in args.methods.split(",") if m], shapes, device, window, args.profile)
@@ -368,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     memory_kind = "cuda_max_reserved" if device.type == "cuda" else TensorMemoryMeter.kind
     print(f"\n{hw['device_name']} ({device.type}), N = {shapes.unroll}, peak memory = {memory_kind}")
     print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
+    if trajectory_rows:
+        print("\nK trajectories per outer step, batched (the meta-gradient is their mean):")
+        print(tabulate([[r["window"], r["variant"], r["trajectories"], f"{r['median_s']:.4f}",
+                         f"{r['meta_gradients_per_s']:.2f}", f"{r['peak_bytes'] / 2**20:.1f}"] for r in trajectory_rows],
+                       headers=["M", "variant", "K", "s / outer step", "meta-gradients / s", "peak memory (MiB)"],
+                       tablefmt="github", disable_numparse=True))
     if method_rows:
         print("\nwhole outer steps of registered methods:")
         base = method_rows[0]
@@ -387,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                            tablefmt="github", disable_numparse=True))
     if args.json:
         payload = {"schema_version": 1, "kind": "ddbench.bench.unroll", "hardware": hw, "shapes": asdict(shapes),
-                   "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "methods": method_rows}
+                   "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "trajectories": trajectory_rows,
+                   "methods": method_rows}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0

@@ -127,6 +127,9 @@ class ATBPTTConfig(UnrollConfig):
             raise ValueError(f"stage_boundaries must satisfy 0 <= a <= b <= 1, got {self.stage_boundaries}")
         if self.low_rank_hessian and self.engine.mode != "recompute":
             raise ValueError("low_rank_hessian needs engine.mode = 'recompute'")
+        if self.engine.trajectories > 1 and (self.low_rank_hessian or self.patch_semantic):
+            raise ValueError("low_rank_hessian and patch_semantic work on one trajectory: "
+                             "set engine.trajectories = 1")
         return self
 
 
@@ -339,9 +342,9 @@ class ATBPTT(UnrolledMethod):
         return float(loss.detach())
 
     def observe(self, step: int, result: MetaGradient) -> dict[str, float]:
-        n = len(result.grad_norms)
+        norms = self.longest_trajectory_norms(result)
         if step % self.config.probe_every == 0:
-            self.norms[:n] = result.grad_norms.double().cpu()  # the free probe
+            self.norms[:len(norms)] = norms.double().cpu()  # the free probe
         stage = self.stage()
         if self.config.stage_signal == "outer":
             signal = float(result.outer_accuracy)

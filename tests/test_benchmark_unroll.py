@@ -28,7 +28,8 @@ def unroll():
 @pytest.mark.slow
 def test_tiny_benchmark_writes_every_row_and_exact_gradients(unroll, tmp_path, capsys):
     out = tmp_path / "unroll.json"
-    assert unroll.main(["--tiny", "--steps", "1", "--json", str(out), "--methods", "rat_bptt:full,at_bptt"]) == 0
+    assert unroll.main(["--tiny", "--steps", "1", "--json", str(out), "--methods", "rat_bptt:full,at_bptt",
+                        "--trajectories", "1,2"]) == 0
     result = json.loads(out.read_text())
     windows = list(unroll.TINY.windows)
     variants = {(r["variant"], r["window"]) for r in result["rows"]}
@@ -43,6 +44,13 @@ def test_tiny_benchmark_writes_every_row_and_exact_gradients(unroll, tmp_path, c
     longest = windows[-1]
     assert by[("recompute", longest)]["peak_bytes"] < by[("full", longest)]["peak_bytes"]
     assert [r["method"] for r in result["methods"]] == ["rat_bptt", "at_bptt"]
+    # K trajectories: a row per (variant, window, K), meta-gradients per second = K / seconds,
+    # and the batched meta-gradient is the mean of the single ones.
+    assert {(r["variant"], r["window"], r["trajectories"]) for r in result["trajectories"]} == {
+        (v, w, k) for v in ("full", "recompute") for w in windows for k in (1, 2)}
+    for r in result["trajectories"]:
+        assert r["meta_gradients_per_s"] == pytest.approx(r["trajectories"] / r["median_s"])
+    assert result["gradient_check"]["trajectories_vs_mean_of_singles"] < 1e-10
     table = capsys.readouterr().out
     assert "speedup vs higher" in table and "tensor_peak_bytes" in table
 
@@ -50,5 +58,6 @@ def test_tiny_benchmark_writes_every_row_and_exact_gradients(unroll, tmp_path, c
 def test_bad_arguments_exit_2(unroll, capsys):
     assert unroll.main(["--tiny", "--variants", "nope"]) == 2
     assert unroll.main(["--tiny", "--windows", "999"]) == 2
+    assert unroll.main(["--tiny", "--trajectories", "0"]) == 2
     err = capsys.readouterr().err
-    assert "--variants" in err and "--windows" in err
+    assert "--variants" in err and "--windows" in err and "--trajectories" in err

@@ -32,6 +32,8 @@ class Stream(IntEnum):
     RANDOM_SUBSET = 37  # random real subsets of the scores' baselines (DD-Ranking IOR)
     CHECKPOINT_EVAL = 41  # anytime evaluation during distillation
     PATCH = 43  # AT-BPTT: the real images of the patch-wise semantic preservation term at step t
+    TRAJECTORY = 47  # trajectory k >= 1 of outer step t (engine.trajectories): like STEP (k = 0 is STEP)
+    TRAJECTORY_INIT = 53  # trajectory k >= 1 of outer step t: its network init (k = 0 is NET_INIT)
 
 
 def seed_from(*words: int) -> int:

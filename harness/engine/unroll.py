@@ -34,12 +34,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
 import torch
-import torch.nn.functional as F
-import torchopt
 from torchopt.base import GradientTransformation
 
+from harness.engine.carry import Carry, FlatLayout
 from harness.engine.functional import FunctionalModel, Params, global_norm, inner_loss
+from harness.engine.outer import outer_loss_and_grad
 from harness.engine.schedule import InnerSchedule
+from harness.engine.trajectories import (TrajectoryMasks, Trajectories, block_norms, masked_step, masked_vjp,
+                                         trajectory_losses)
 from harness.models.augment import apply_affine
 
 
@@ -64,18 +66,28 @@ def inner_step(
     lr: torch.Tensor | float,
     *,
     create_graph: bool,
+    trajectories: int = 1,
 ) -> StepOutput:
     """One step of inner training, a pure function of its inputs.
 
     With ``create_graph`` the result is differentiable in everything (params, state, x, y, lr);
     without, the caller passes detached params that require grad and gets detached outputs.
+    With K ``trajectories`` (a block-major network, see :mod:`.trajectories`) the loss and the
+    gradient norm are ``[K]``, one per trajectory.
     """
-    loss = inner_loss(model(params, x), y)
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+    losses = step_losses(model(params, x), y, trajectories)
+    grads = torch.autograd.grad(losses.sum() if trajectories > 1 else losses, params, create_graph=create_graph)
     with torch.set_grad_enabled(create_graph):
         updates, opt_state = optimizer.update(grads, opt_state, params=params, inplace=False)
         new_params = tuple(p + lr * u for p, u in zip(params, updates))
-    return StepOutput(new_params, opt_state, loss.detach(), global_norm(grads).detach())
+    norm = global_norm(grads) if trajectories == 1 else block_norms(grads, trajectories)
+    return StepOutput(new_params, opt_state, losses.detach(), norm.detach())
+
+
+def step_losses(logits: torch.Tensor, labels: torch.Tensor, trajectories: int) -> torch.Tensor:
+    """The inner loss (one trajectory), or the K trajectories' mean losses ``[K]`` (their sum is
+    what a batched step differentiates: block k of its gradient is trajectory k's own)."""
+    return inner_loss(logits, labels) if trajectories == 1 else trajectory_losses(logits, labels, trajectories)
 
 
 def _zeros_for_none(grads, like) -> list[torch.Tensor]:
@@ -87,47 +99,6 @@ HVP = Callable[[Params], Params]
 # inner loss at step t in the parameters; ``hvp`` computes the exact H_t v (for building or
 # checking the approximation, e.g. by randomized SVD).
 Curvature = Callable[[int, Params, Params, HVP], Params]
-
-
-class FlatLayout:
-    """Parameters and optimizer state packed into one flat vector (plus non-float leaves).
-
-    The unroll's carry is ``(flat, aux)``: ``flat`` holds every parameter and every floating
-    optimizer-state leaf (momentum, Adam moments) end to end; ``aux`` the other leaves (Adam's
-    integer step count). One tensor per carry makes a snapshot one copy and an adjoint one
-    tensor, and gives a CUDA graph a single static input.
-    """
-
-    def __init__(self, params: Params, state):
-        leaves, self.treespec = torchopt.pytree.tree_flatten(state)
-        self.n_params = len(params)
-        self.n_leaves = len(leaves)
-        self.float_leaves = [i for i, leaf in enumerate(leaves) if torch.is_floating_point(leaf)]
-        self.aux_leaves = [i for i in range(len(leaves)) if i not in self.float_leaves]
-        tensors = list(params) + [leaves[i] for i in self.float_leaves]
-        self.shapes = [t.shape for t in tensors]
-        self.sizes = [t.numel() for t in tensors]
-        dtypes = {t.dtype for t in tensors}
-        if len(dtypes) != 1:
-            raise ValueError(f"parameters and optimizer state must share one float dtype, got {sorted(map(str, dtypes))}")
-
-    def pack(self, params: Params, state) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        leaves = torchopt.pytree.tree_flatten(state)[0]
-        tensors = list(params) + [leaves[i] for i in self.float_leaves]
-        return torch.cat([t.reshape(-1) for t in tensors]), tuple(leaves[i] for i in self.aux_leaves)
-
-    def unpack(self, flat: torch.Tensor, aux: Sequence[torch.Tensor]) -> tuple[Params, object]:
-        """Views into ``flat`` (differentiable: gradients flow back to ``flat``)."""
-        views = [v.view(shape) for v, shape in zip(flat.split(self.sizes), self.shapes)]
-        leaves: list = [None] * self.n_leaves
-        for i, view in zip(self.float_leaves, views[self.n_params:]):
-            leaves[i] = view
-        for i, leaf in zip(self.aux_leaves, aux):
-            leaves[i] = leaf
-        return tuple(views[: self.n_params]), torchopt.pytree.tree_unflatten(self.treespec, leaves)
-
-
-Carry = tuple[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
 class UnrollSteps:
@@ -149,8 +120,9 @@ class UnrollSteps:
 
     def __init__(self, model: FunctionalModel, optimizer: GradientTransformation, images: torch.Tensor,
                  labels: torch.Tensor, lr: torch.Tensor | float, schedule: InnerSchedule, *,
-                 curvature: Curvature | None = None, channels_last: bool = False):
+                 curvature: Curvature | None = None, channels_last: bool = False, trajectories: int = 1):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.trajectories = trajectories
         self.images, self.labels, self.lr = images, labels, lr
         self.curvature = curvature
         self.channels_last = channels_last
@@ -211,7 +183,8 @@ class UnrollSteps:
             flat = flat.detach().requires_grad_()
             params, state = self.layout.unpack(flat, aux)
             x = self.network_input(images[idx], theta)
-            out = inner_step(self.model, self.optimizer, params, state, x, labels[idx], lr, create_graph=False)
+            out = inner_step(self.model, self.optimizer, params, state, x, labels[idx], lr, create_graph=False,
+                             trajectories=self.trajectories)
         new_flat, new_aux = self.layout.pack(out.params, out.opt_state)
         return new_flat.detach(), new_aux, out.loss, out.grad_norm
 
@@ -226,8 +199,8 @@ class UnrollSteps:
         data = [v for v, on in ((x_sel, self.learn_images), (y_sel, self.learn_labels), (lr, self.learn_lr)) if on]
         with torch.enable_grad():
             params, state = self.layout.unpack(flat, aux)
-            loss = inner_loss(self.model(params, self.network_input(x_sel, theta)), y_sel)
-            g = torch.autograd.grad(loss, params, create_graph=True)
+            loss = step_losses(self.model(params, self.network_input(x_sel, theta)), y_sel, self.trajectories)
+            g = torch.autograd.grad(loss.sum() if self.trajectories > 1 else loss, params, create_graph=True)
             # With a curvature approximation, cut the graph at g: the optimizer update's own
             # derivatives stay exact, g's derivative in the params (the Hessian) is approximated
             # below, and its derivative in the data (the mixed term) stays exact.
@@ -268,36 +241,6 @@ class UnrollSteps:
 StepsFactory = Callable[..., UnrollSteps]
 
 
-# --------------------------------------------------------------------------- the outer loss
-
-
-def outer_loss_and_grad(
-    model: FunctionalModel, params: Params, real_x: torch.Tensor, real_y: torch.Tensor, chunk: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, Params]:
-    """Mean cross entropy on the real batch, its accuracy, and its gradient in ``params``.
-
-    Evaluated in chunks of ``chunk`` examples (exact: the loss is a mean of per-example terms),
-    so the real batch's activations take the memory of one chunk.
-    """
-    if chunk is not None and chunk < real_x.shape[0] and not model.batch_independent:
-        raise ValueError("real-batch chunking is exact only for networks without batch statistics (BatchNorm)")
-    params = tuple(p.detach().requires_grad_() for p in params)
-    n = real_x.shape[0]
-    chunk = chunk or n
-    loss_sum = torch.zeros((), dtype=real_x.dtype, device=real_x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=real_x.device)
-    grads = [torch.zeros_like(p) for p in params]
-    with torch.enable_grad():
-        for start in range(0, n, chunk):
-            logits = model(params, real_x[start : start + chunk])
-            labels = real_y[start : start + chunk]
-            loss = F.cross_entropy(logits, labels, reduction="sum") / n
-            torch._foreach_add_(grads, torch.autograd.grad(loss, params))
-            loss_sum += loss.detach()
-            correct += (logits.detach().argmax(-1) == labels).sum()
-    return loss_sum, correct.to(real_x.dtype) / n, tuple(grads)
-
-
 # --------------------------------------------------------------------------- the meta-gradient
 
 
@@ -310,8 +253,8 @@ class MetaGradient:
     images: torch.Tensor | None
     labels: torch.Tensor | None
     lr: torch.Tensor | None
-    inner_losses: torch.Tensor  # [N]
-    grad_norms: torch.Tensor  # [N]: ||grad_params L_t|| at every inner step (a free probe)
+    inner_losses: torch.Tensor  # [N] ([N, K] for K trajectories; a frozen trajectory's padding steps repeat)
+    grad_norms: torch.Tensor  # [N] ([N, K]): ||grad_params L_t|| at every inner step (a free probe)
     final_params: Params = field(repr=False)
 
 
@@ -334,6 +277,7 @@ def meta_gradient(
     steps_factory: StepsFactory | None = None,
     offload_snapshots: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
+    trajectories: Trajectories | None = None,
 ) -> MetaGradient:
     """The meta-gradient of the real-batch loss after ``len(schedule)`` inner steps.
 
@@ -360,17 +304,29 @@ def meta_gradient(
         offload_snapshots: recompute mode: keep the window's snapshots in host memory.
         progress: called as ``progress(done, total, phase)`` after every inner step of the
             forward pass and every reverse step (a long outer step's progress bar).
+        trajectories: K trajectories in one block-major network (``harness.models.batched``),
+            with their own N_k and M_k (see :mod:`.trajectories`): ``schedule`` and the real
+            batch are trajectory-major, ``len(schedule) = max N_k``, ``window`` is the union of
+            their windows, and the meta-gradient is the mean of the K trajectories' own.
     """
     n_steps = len(schedule)
+    if trajectories is not None and (trajectories.length, trajectories.window) != (n_steps, window):
+        raise ValueError(f"trajectories span {trajectories.length} steps with a window of {trajectories.window}, "
+                         f"the unroll {n_steps} steps with a window of {window}")
+    if trajectories is not None and curvature is not None:
+        raise ValueError("a curvature approximation is not available with several trajectories")
     if not 1 <= window <= n_steps:
         raise ValueError(f"window must be in [1, {n_steps}] (the number of inner steps), got {window}")
     if mode not in ("full", "recompute"):
         raise ValueError(f"mode must be 'full' or 'recompute', got {mode!r}")
     if curvature is not None and mode != "recompute":
         raise ValueError("a curvature approximation needs mode='recompute'")
+    count = 1 if trajectories is None else trajectories.count
     steps = (steps_factory or UnrollSteps)(model, optimizer, images, labels, lr, schedule, curvature=curvature,
-                                           channels_last=channels_last)
+                                           channels_last=channels_last, trajectories=count)
     carry = steps.init(init_params)
+    # Every trajectory is active and differentiated-or-prefix before the window: no masks there.
+    masks = None if trajectories is None else TrajectoryMasks(trajectories, steps.layout.sizes, carry[0].device)
     losses, norms = [], []
     start = n_steps - window
     report = progress or (lambda done, total, phase: None)
@@ -381,10 +337,10 @@ def meta_gradient(
         report(t + 1, n_steps, "forward")
 
     if mode == "full":
-        outer, final = _window_full(steps, carry, start, real_x, real_y, real_chunk, losses, norms, report)
+        outer, final = _window_full(steps, carry, start, real_x, real_y, real_chunk, losses, norms, report, masks)
     else:
         outer, final = _window_recompute(steps, carry, start, real_x, real_y, real_chunk, losses, norms,
-                                         offload_snapshots, report)
+                                         offload_snapshots, report, masks)
     return MetaGradient(outer_loss=outer[0], outer_accuracy=outer[1], images=steps.grads["images"],
                         labels=steps.grads["labels"], lr=steps.grads["lr"], inner_losses=torch.stack(losses),
                         grad_norms=torch.stack(norms), final_params=final)
@@ -409,18 +365,13 @@ def trajectory_grad_norms(*args) -> torch.Tensor:
     return plain_trajectory(*args)[0]
 
 
-@torch.no_grad()
-def accuracy(model: FunctionalModel, params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 1024) -> float:
-    """Top-1 accuracy of ``model(params)`` on ``(x, y)``, in chunks (no graph)."""
-    correct = sum(int((model(params, x[i:i + chunk]).argmax(-1) == y[i:i + chunk]).sum())
-                  for i in range(0, x.shape[0], chunk))
-    return correct / max(1, x.shape[0])
-
-
-def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, report):
+def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, report, masks=None):
     """Keep the whole window's graph, then backpropagate the outer adjoint once."""
     wrt = [(k, v) for k, v in (("images", steps.images), ("labels", steps.labels), ("lr", steps.lr))
            if steps.grads[k] is not None]
+    if masks is not None:
+        return _window_full_trajectories(steps, carry, start, real_x, real_y, chunk, losses, norms, report, masks,
+                                         wrt)
     params, opt_state = steps.layout.unpack(*carry)
     params = tuple(p.detach().requires_grad_() for p in params)
     with torch.enable_grad():
@@ -442,8 +393,37 @@ def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses
     return (loss, acc), final
 
 
+def _window_full_trajectories(steps, carry, start, real_x, real_y, chunk, losses, norms, report, masks, wrt):
+    """:func:`_window_full` for K trajectories, on the flat carry: a trajectory's block is detached
+    where its own window starts, and frozen once it has run its own N_k steps."""
+    flat, aux = carry[0].detach().requires_grad_(), carry[1]
+    with torch.enable_grad():
+        for t in range(start, len(steps.schedule)):
+            starting = masks.window_starts(t, start)
+            if starting is not None:
+                flat = torch.where(starting, flat.detach(), flat)
+            params, opt_state = steps.layout.unpack(flat, aux)
+            idx, theta = steps.batch(t)
+            x = steps.network_input(steps.images[idx], theta)
+            out = inner_step(steps.model, steps.optimizer, params, opt_state, x, steps.labels[idx], steps.lr,
+                             create_graph=True, trajectories=steps.trajectories)
+            new_flat, aux = steps.layout.pack(out.params, out.opt_state)
+            flat = masked_step(masks.active(t), new_flat, flat)
+            losses.append(out.loss)
+            norms.append(out.grad_norm)
+            report(t + 1, len(steps.schedule), "forward")
+    final = tuple(p.detach() for p in steps.layout.unpack(flat, aux)[0])
+    loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk, steps.trajectories)
+    if wrt:
+        res = torch.autograd.grad(flat, [v for _, v in wrt], grad_outputs=steps.final_adjoint(adj_params),
+                                  allow_unused=True)
+        for (key, _), g in zip(wrt, _zeros_for_none(res, [v for _, v in wrt])):
+            steps.grads[key].add_(g)
+    return (loss, acc), final
+
+
 def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses, norms, offload=False,
-                      report=lambda done, total, phase: None):
+                      report=lambda done, total, phase: None, masks=None):
     """Snapshots forward, then one step's graph at a time backward (memory flat in the window).
 
     With ``offload`` the snapshots wait in pinned host memory (CUDA): device memory is then
@@ -452,20 +432,27 @@ def _window_recompute(steps: UnrollSteps, carry, start, real_x, real_y, chunk, l
     snapshots = []
     for t in range(start, len(steps.schedule)):
         snapshots.append(_to_host(carry) if offload else carry)
-        carry, loss, norm = steps.forward(t, carry)
+        new_carry, loss, norm = steps.forward(t, carry)
+        carry = new_carry if masks is None else (masked_step(masks.active(t), new_carry[0], carry[0]), new_carry[1])
         losses.append(loss)
         norms.append(norm)
         report(t + 1, len(steps.schedule), "forward")
     final = steps.params(carry)
     device = final[0].device
-    loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
+    loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk, steps.trajectories)
     adjoint = steps.final_adjoint(adj_params)
     for offset in reversed(range(len(snapshots))):
         snapshot, snapshots[offset] = snapshots[offset], None  # free each snapshot once used
         if offload:
             snapshot = (snapshot[0].to(device, non_blocking=True),
                         tuple(a.to(device, non_blocking=True) for a in snapshot[1]))
-        adjoint = steps.reverse(start + offset, snapshot, adjoint)
+        t = start + offset
+        if masks is None:
+            adjoint = steps.reverse(t, snapshot, adjoint)
+        else:  # outside a trajectory's window its adjoint is dropped; through its frozen steps, kept
+            kept = masks.differentiated(t)
+            adjoint = adjoint if kept is None else torch.where(kept, adjoint, 0.0)
+            adjoint = masked_vjp(masks.active(t), adjoint, lambda a: steps.reverse(t, snapshot, a))
         report(len(snapshots) - offset, len(snapshots), "reverse")
     return (loss, acc), final
 

@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.core.errors import ConfigError
 from harness.core.process import tf32
-from harness.core.rng import Stream, step_seed
-from harness.engine import FunctionalModel, MetaGradient, class_balanced_schedule, meta_gradient
+from harness.core.rng import Stream, seed_from, step_seed
+from harness.engine import (FunctionalModel, MetaGradient, Trajectories, class_balanced_schedule, meta_gradient,
+                            stack_schedules)
 from harness.engine.cudagraphs import StepGraphs
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer, optimizer_without_lr
 from harness.method.base import DistilledSet, DistillTask, Method
 from harness.models import AugmentConfig, augment, create_model, reinitialize
+from harness.models.batched import BatchedConvNet
 
 
 class EngineConfig(BaseModel):
@@ -45,11 +47,16 @@ class EngineConfig(BaseModel):
     channels_last: bool = Field(False, description="feed the network channels-last batches (same numbers)")
     offload_snapshots: bool = Field(True, description="recompute mode on CUDA: keep the window's (params, state) "
                                                       "snapshots in pinned host memory, so device memory is flat in M")
+    trajectories: int = Field(1, description="K inner trajectories per outer step (own init, schedule, N and M), "
+                                             "run as one batched network; the outer step uses their mean "
+                                             "meta-gradient. 1 = one trajectory, as every paper does")
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
         if self.real_chunk is not None and self.real_chunk <= 0:
             raise ValueError(f"real_chunk must be > 0, got {self.real_chunk}")
+        if self.trajectories < 1:
+            raise ValueError(f"trajectories must be >= 1, got {self.trajectories}")
         return self
 
 
@@ -174,7 +181,12 @@ class UnrolledMethod(Method):
         per-row update scale, which it cannot honour). ``ipc``/``scaled_rows``: a wrapper's view."""
         cfg = self.config
         ipc = task.ipc if ipc is None else ipc
-        create_model(task.model, task.image_shape, task.num_classes)  # a ValueError names the problem
+        network = create_model(task.model, task.image_shape, task.num_classes)  # a ValueError names the problem
+        if cfg.engine.trajectories > 1:
+            try:
+                BatchedConvNet(network, cfg.engine.trajectories)
+            except ValueError as exc:
+                raise ConfigError(str(exc), field="engine.trajectories") from None
         if cfg.init == "real":
             task.check_real_per_class(ipc)
         if cfg.parameterization.kind == "linear_basis":
@@ -228,6 +240,10 @@ class UnrolledMethod(Method):
             groups.append({"params": [self.log_lr], "lr": cfg.lr_outer_lr})
         self.outer_opt = torch.optim.Adam(groups, betas=cfg.outer_betas, eps=cfg.outer_eps)
         self.grad_norm_ema: float | None = None
+        trajectories = cfg.engine.trajectories
+        self.batched = None if trajectories == 1 else FunctionalModel(
+            BatchedConvNet(self.model.module, trajectories).to(task.device, task.dtype))
+        self.step_plan: Trajectories | None = None  # this outer step's (N_k, M_k)
         # CUDA graphs pay off only where launches dominate: on a GPU. Captured once per run.
         self.graphs = StepGraphs() if cfg.engine.cuda_graphs and task.device.type == "cuda" else None
 
@@ -255,26 +271,62 @@ class UnrolledMethod(Method):
                 "grad_norm": grad_norm, **info, **metrics}
 
     def meta_gradient(self, step: int) -> tuple[MetaGradient, dict[str, float]]:
-        """Outer step ``step``'s meta-gradient, from the current synthetic set (nothing is updated)."""
-        cfg, task = self.config, self.task
-        gen = torch.Generator().manual_seed(step_seed(task.seed, step))
+        """Outer step ``step``'s meta-gradient, from the current synthetic set (nothing is updated):
+        one trajectory's, or the mean of ``engine.trajectories`` trajectories' computed as one batch."""
+        count = self.config.engine.trajectories
+        if count == 1:
+            return self.trajectory_meta_gradient(step, 0)
+        draws = []
+        for k in range(count):
+            draws.append(self._draw(step, k))
+            self.batched.module.load_block(k, self.model.module)  # trajectory k's fresh init
+        plan = Trajectories(tuple(d[0] for d in draws), tuple(d[1] for d in draws))
+        self.step_plan = plan
+        real_x, real_y = torch.cat([d[3] for d in draws]), torch.cat([d[4] for d in draws])
+        result = self._unroll(step, self.batched, stack_schedules([d[2] for d in draws]), plan.window, real_x, real_y,
+                              plan)
+        return result, {"unroll": sum(plan.unrolls) / count, "window": sum(plan.windows) / count}
+
+    def trajectory_meta_gradient(self, step: int, k: int) -> tuple[MetaGradient, dict[str, float]]:
+        """Trajectory k of outer step ``step`` alone (k = 0 is the one a single-trajectory run
+        takes); with K trajectories the outer step uses the mean of k = 0 .. K-1."""
+        n_steps, window, schedule, real_x, real_y = self._draw(step, k)
+        self.step_plan = Trajectories((n_steps,), (window,))
+        result = self._unroll(step, self.model, schedule, window, real_x, real_y)
+        return result, {"unroll": n_steps, "window": window}
+
+    def _draw(self, step: int, k: int):
+        """Trajectory k's draws from its own streams: ``(N, M, schedule, real_x, real_y)``, and its
+        network init left in ``self.model``."""
+        seed = self.task.seed
+        gen = torch.Generator().manual_seed(
+            step_seed(seed, step) if k == 0 else seed_from(seed, step, Stream.TRAJECTORY, k))
         n_steps, window = self.plan(step, gen)
         check_window(window, n_steps)
-        reinitialize(self.model.module, step_seed(task.seed, step, Stream.NET_INIT))
+        init = step_seed(seed, step, Stream.NET_INIT) if k == 0 else seed_from(seed, step, Stream.TRAJECTORY_INIT, k)
+        reinitialize(self.model.module, init)
         schedule = self.schedule(n_steps, gen)
         real_x, real_y = self._real_batch(gen)
+        return n_steps, window, schedule, real_x, real_y
+
+    def _unroll(self, step, model, schedule, window, real_x, real_y, trajectories=None) -> MetaGradient:
+        cfg, task = self.config, self.task
         self.lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
         curvature = self.curvature(step)
         engine = cfg.engine
         graphs = self.graphs if engine.mode == "recompute" and curvature is None else None
         with tf32(engine.tf32 and task.device.type == "cuda"):
-            result = meta_gradient(
-                self.model, self.model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
+            return meta_gradient(
+                model, model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
                 window, real_x, real_y, mode=engine.mode, real_chunk=engine.real_chunk, curvature=curvature,
                 channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None,
                 offload_snapshots=engine.offload_snapshots and task.device.type == "cuda",
-                progress=self.inner_progress)
-        return result, {"unroll": n_steps, "window": window}
+                progress=self.inner_progress, trajectories=trajectories)
+
+    def longest_trajectory_norms(self, result: MetaGradient) -> torch.Tensor:
+        """``||g_t||`` at every step of this outer step's longest trajectory (no padding steps)."""
+        norms = result.grad_norms
+        return norms if norms.dim() == 1 else norms[:, self.step_plan.longest]
 
     def schedule(self, n_steps: int, gen: torch.Generator):
         """The synthetic mini-batches (and augmentations) of ``n_steps`` inner steps, drawn from ``gen``."""
