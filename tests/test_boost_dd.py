@@ -369,3 +369,17 @@ def test_summary_keeps_the_base_methods_summary(toy):
     summary = method.summary()
     assert summary["base"] == "at_bptt" and summary["base_summary"]["final_stage"] in ("early", "middle", "late")
     assert sum(summary["base_summary"]["start_histogram"].values()) == 1  # the second block's one step
+
+
+def test_blocks_with_k_trajectories_step_on_the_base_methods_batched_mean(toy):
+    """``engine.trajectories`` of the base method reaches every block: a block's first step equals
+    the base method's own K-trajectory step on the same prefix."""
+    base_cfg = {**BASE, "engine": {"mode": "recompute", "trajectories": 2}}
+    task = make_task(toy, ipc=2, steps=4)
+    direct = create_method("rat_bptt", **base_cfg)
+    direct.setup(task)
+    boosted = boost(base_config=base_cfg, blocks=1)
+    boosted.setup(task)
+    a, b = direct.step(0), boosted.step(0)
+    assert a["unroll"] == b["unroll"] and a["grad_norm"] == b["grad_norm"]
+    assert len(boosted.base.step_plan.unrolls) == 2
