@@ -99,3 +99,40 @@ def test_data_name_cannot_be_set_in_its_table(write_suite):
     with pytest.raises(ConfigError) as exc:
         load_suite(path)
     assert exc.value.field == "data.digits.name"
+
+
+def test_a_default_engine_leaves_trajectories_out_of_the_run_id():
+    """Fields added after records were written stay out of the dumped config (the run id's input)
+    at the default that reproduces those records, so earlier records are still found."""
+    from harness.method.unrolled import EngineConfig
+    assert "trajectories" not in EngineConfig().model_dump()
+    assert EngineConfig(trajectories=4).model_dump()["trajectories"] == 4
+    assert EngineConfig(**EngineConfig().model_dump()) == EngineConfig()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def suite_file(folder: str) -> Path | None:
+    """The suite a committed results folder came from (``smoke-cpu``: the smoke suite run on a CPU)."""
+    for name in (folder, folder.removesuffix("-cpu")):
+        if (REPO / "suites" / f"{name}.toml").exists():
+            return REPO / "suites" / f"{name}.toml"
+    return None
+
+
+COMMITTED = sorted(p.name for p in (REPO / "results").iterdir() if p.is_dir() and suite_file(p.name))
+
+
+@pytest.mark.parametrize("folder", COMMITTED)
+def test_committed_records_have_the_run_ids_their_suite_gives_today(folder):
+    """A committed record is found again by ``ddbench run`` (same run id): a config change that
+    moves the run ids of published records fails here, not silently in a user's rerun."""
+    from harness.report.records import iter_records
+    suite = load_suite(suite_file(folder), check_data=False)
+    cells = {(c.dataset.name, c.ipc, c.method_label, c.seed): c.run_id for c in suite.cells()}
+    records = list(iter_records(REPO / "results" / folder))
+    assert records
+    for path, record in records:
+        key = (record.dataset, record.ipc, record.method, record.seed)
+        assert cells.get(key) == record.run_id, f"{path.relative_to(REPO)}: run id no longer matches its suite cell"

@@ -19,7 +19,7 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 from harness.core.errors import ConfigError
 from harness.core.process import tf32
@@ -50,6 +50,15 @@ class EngineConfig(BaseModel):
     trajectories: int = Field(1, description="K inner trajectories per outer step (own init, schedule, N and M), "
                                              "run as one batched network; the outer step uses their mean "
                                              "meta-gradient. 1 = one trajectory, as every paper does")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # A field added after records were written is left out at the default that reproduces
+        # them, so the run ids (hashes of the dumped config) of earlier records stay valid.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("trajectories") == 1:
+            del data["trajectories"]
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "EngineConfig":
