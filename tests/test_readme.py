@@ -132,3 +132,55 @@ def test_readme_analysis_and_view(per_class_plugins, write_suite, cli, tmp_path)
     code, _, err = cli("run", write_suite(tiny_suite(per_class={"enabled": "maybe"}), "bad.toml"), "--out",
                        tmp_path / "bad", "-q")
     assert code == 2 and "per_class.enabled" in err
+
+
+def _results_section() -> str:
+    text = README.read_text()
+    start = text.index("## Results on CPU")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def _cells(section: str, heading: str) -> list[list[str]]:
+    """The body rows of the first markdown table after ``heading``, split into cells."""
+    after = section[section.index(heading):]
+    table = re.search(r"\n(\|.*\|\n)+", after).group(0).strip().splitlines()
+    return [[c.strip() for c in row.strip("|").split("|")] for row in table[2:]]
+
+
+def test_the_results_section_says_what_the_committed_records_say():
+    """The README's CPU result tables are copies of rendered tables: every accuracy, step count and
+    score in them is what the records in results/ give today (a rerun that changes a number fails
+    here until the README is updated)."""
+    from harness.report.tables import group, summarize
+
+    root = README.parent / "results"
+    records = [r for folder in ("cpu-mnist", "cpu-cifar10-jpeg") for _, r in iter_records(root / folder)]
+    cells = group(records)
+    assert cells, "no committed CPU-suite records"
+
+    def acc(method: str, dataset: str, ipc: int) -> tuple[str, int]:
+        rs = cells[(method, dataset, ipc)]
+        s = summarize(rs)
+        return f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}", rs[0].distill.outer_steps
+
+    section = _results_section()
+    checked = 0
+    for row in _cells(section, "**cifar10-jpeg, IPC 10**"):
+        text, steps = acc(row[0], "cifar10-jpeg", 10)
+        assert row[1].strip("*") == text, row
+        assert row[2] == (str(steps) if steps else "-"), row
+        checked += 1
+    for row in _cells(section, "**MNIST**"):
+        for ipc, cell in zip((1, 10), row[1:]):
+            text, steps = acc(row[0], "mnist", ipc)
+            assert cell.strip("*").startswith(text), (row, ipc)
+            assert not steps or f"({steps} steps)" in cell, (row, ipc)
+            checked += 1
+    for row in _cells(section, "DD-Ranking scores"):
+        dataset, ipc = row[0].split(", ")
+        rs = cells[(row[1], dataset, int(ipc))]
+        scores = rs[0].scores
+        shown = [f"{100 * v:.2f}" for v in (scores.lrs, scores.ars, scores.hlr, scores.ior)]
+        assert row[2:6] == shown, row
+        checked += 1
+    assert checked == 3 + 8 + 11
