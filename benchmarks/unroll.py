@@ -94,9 +94,10 @@ class Problem:
         self.real_x = torch.randn(s.real_batch, s.channels, s.size, s.size, generator=gen, dtype=dtype).to(device)
         self.real_y = torch.randint(0, s.classes, (s.real_batch,), generator=gen).to(device)
         self.functional: FunctionalModel | None = None  # built on first use by the ddbench variants
-        self.optimizer = None
+        # eps_convention="higher": the same Adam formula as higher's, so --check compares exactly.
+        self.optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
         self.batched: dict[int, FunctionalModel] = {}  # K -> the K-trajectory network
-        self.real: dict[int, tuple[torch.Tensor, torch.Tensor]] = {1: (self.real_x, self.real_y)}
+        self.real: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # K -> the real batch, once per trajectory
 
     def network(self, seed: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -133,9 +134,7 @@ def _ddbench(p: Problem, window: int, seed: int, mode: str, chunk: int | None, g
     # One network and optimizer per problem, re-initialised each call (as the outer loop of a
     # method does): CUDA graphs are captured once for them and replayed on every later call.
     if p.functional is None:
-        # eps_convention="higher": the same Adam formula as higher's, so --check compares exactly.
         p.functional = FunctionalModel(p.network(seed))
-        p.optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
     else:
         p.functional.module.load_state_dict(p.network(seed).state_dict())
     model = p.functional
@@ -154,8 +153,6 @@ def step_trajectories(p: Problem, window: int, count: int, mode: str, chunk: int
     if count not in p.batched:
         p.batched[count] = FunctionalModel(BatchedConvNet(p.network(seed), count).to(p.device, p.dtype))
         p.real[count] = (p.real_x.repeat(count, 1, 1, 1), p.real_y.repeat(count))
-    if p.optimizer is None:
-        p.optimizer = make_inner_optimizer(InnerOptimizerConfig(name="adam", lr=LR, eps_convention="higher"))
     model = p.batched[count]
     model.module.load_blocks([p.network(seed + k) for k in range(count)])
     images = p.images.detach().requires_grad_()
@@ -177,12 +174,17 @@ def trajectory_variants(device: torch.device, shapes: Shapes) -> dict:
     return out
 
 
+def _check_problem(shapes: Shapes, device: torch.device, window: int) -> tuple[Shapes, Problem]:
+    """The gradient checks' small float64 problem: a 6-step unroll of the benchmark's shapes."""
+    s = Shapes(**{**asdict(shapes), "unroll": 6, "windows": (window,), "real_batch": min(shapes.real_batch, 256),
+                  "real_chunk": 100, "width": min(shapes.width, 16)})
+    return s, Problem(s, device, torch.float64, seed=1)
+
+
 def trajectory_check(device: torch.device, shapes: Shapes, count: int = 2) -> float:
     """Relative error of the batched meta-gradient of ``count`` trajectories against the mean of
     the ``count`` single-trajectory ones (float64, short unroll, recompute mode)."""
-    s = Shapes(**{**asdict(shapes), "unroll": 6, "windows": (3,), "real_batch": min(shapes.real_batch, 256),
-                  "real_chunk": 100, "width": min(shapes.width, 16)})
-    p = Problem(s, device, torch.float64, seed=1)
+    s, p = _check_problem(shapes, device, window=3)
     singles = [_ddbench(p, 3, 3 + k, "recompute", s.real_chunk, None) for k in range(count)]
     want = torch.stack(singles).mean(0)
     got = step_trajectories(p, 3, count, "recompute", s.real_chunk, None, seed=3)
@@ -259,9 +261,7 @@ def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> di
     ``torch.optim.Adam``, whose eps sits inside the bias correction, while ``higher``'s window
     (and ddbench here) put it outside; with a prefix the two recipes differ by that convention.
     """
-    s = Shapes(**{**asdict(shapes), "unroll": 6, "windows": (6,), "real_batch": min(shapes.real_batch, 256),
-                  "real_chunk": 100, "width": min(shapes.width, 16)})
-    p = Problem(s, device, torch.float64, seed=1)
+    s, p = _check_problem(shapes, device, window=6)
     table = variants(device, s)
     want = table["higher"](p, 6, seed=3)
     errors = {}

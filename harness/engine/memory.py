@@ -29,6 +29,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._paused = False
+        self._earlier = 0  # CUDA: the peak before the last excluded block (its stats were reset after it)
 
     @property
     def kind(self) -> str:
@@ -60,7 +61,7 @@ class PeakMemory:
             yield
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self._earlier = max(getattr(self, "_earlier", 0), before)
+            self._earlier = before  # current_peak() already includes the earlier _earlier
         else:
             self._paused = True
             try:
@@ -72,7 +73,7 @@ class PeakMemory:
         """The peak so far, while the region is still running (for checkpoints)."""
         if self.device.type == "cuda":
             now = max(0, int(torch.cuda.max_memory_allocated(self.device)) - self.start_bytes)
-            return max(now, getattr(self, "_earlier", 0))
+            return max(now, self._earlier)
         return self.peak_bytes
 
     def __exit__(self, *exc) -> None:

@@ -386,11 +386,16 @@ def _window_full(steps: UnrollSteps, carry, start, real_x, real_y, chunk, losses
             report(t + 1, len(steps.schedule), "forward")
     final = tuple(p.detach() for p in params)
     loss, acc, adjoint = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk)
+    _add_data_grads(steps, wrt, params, adjoint)
+    return (loss, acc), final
+
+
+def _add_data_grads(steps: UnrollSteps, wrt, outputs, grad_outputs) -> None:
+    """Backpropagate ``grad_outputs`` from the window's ``outputs`` into the data's gradients."""
     if wrt:
-        res = torch.autograd.grad(params, [v for _, v in wrt], grad_outputs=adjoint, allow_unused=True)
+        res = torch.autograd.grad(outputs, [v for _, v in wrt], grad_outputs=grad_outputs, allow_unused=True)
         for (key, _), g in zip(wrt, _zeros_for_none(res, [v for _, v in wrt])):
             steps.grads[key].add_(g)
-    return (loss, acc), final
 
 
 def _window_full_trajectories(steps, carry, start, real_x, real_y, chunk, losses, norms, report, masks, wrt):
@@ -414,11 +419,7 @@ def _window_full_trajectories(steps, carry, start, real_x, real_y, chunk, losses
             report(t + 1, len(steps.schedule), "forward")
     final = tuple(p.detach() for p in steps.layout.unpack(flat, aux)[0])
     loss, acc, adj_params = outer_loss_and_grad(steps.model, final, real_x, real_y, chunk, steps.trajectories)
-    if wrt:
-        res = torch.autograd.grad(flat, [v for _, v in wrt], grad_outputs=steps.final_adjoint(adj_params),
-                                  allow_unused=True)
-        for (key, _), g in zip(wrt, _zeros_for_none(res, [v for _, v in wrt])):
-            steps.grads[key].add_(g)
+    _add_data_grads(steps, wrt, flat, steps.final_adjoint(adj_params))
     return (loss, acc), final
 
 
