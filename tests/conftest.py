@@ -137,6 +137,21 @@ def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix != ".lock") if root.exists() else []
 
 
+def assert_same_result(a: Path, b: Path, cell) -> None:
+    """The cell's records under ``a`` and ``b`` have the same accuracies and history, and their
+    distilled sets the same images and labels, bit for bit (a resumed run against a reference)."""
+    import torch
+
+    from harness.method import DistilledSet
+    from harness.report import read_record
+    from harness.run.cell import cell_paths
+
+    ra, rb = read_record(cell_paths(a, cell)["record"]), read_record(cell_paths(b, cell)["record"])
+    assert ra.eval.accuracy_per_model == rb.eval.accuracy_per_model and ra.distill.history == rb.distill.history
+    da, db = (DistilledSet.load(cell_paths(root, cell)["distilled"]) for root in (a, b))
+    assert torch.equal(da.images, db.images) and torch.equal(da.labels, db.labels)
+
+
 def make_record(method: str = "tbptt", dataset: str = "digits", ipc: int = 1, seed: int = 0,
                 accs: tuple[float, ...] = (0.5, 0.7), outer_steps: int = 10, seconds_per_step: float = 0.25,
                 peak: int = 64 * 2**20, device_name: str = "Test CPU", **extra: Any) -> dict[str, Any]:

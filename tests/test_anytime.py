@@ -4,7 +4,6 @@ and the budget view."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from conftest import make_record, tiny_suite, typed
 from harness.method import method_class

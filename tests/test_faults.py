@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import files_under, tiny_suite
-from harness.core.io import atomic_write
-from harness.method import DistilledSet
+from conftest import assert_same_result, files_under, tiny_suite
 from harness.report import iter_records, read_record
 from harness.run.cell import cell_paths
 from harness.run.suite import load_suite
@@ -35,13 +33,6 @@ def ddbench(*argv, env=None, **kwargs) -> subprocess.Popen:
 def _suite(steps: int, checkpoint_minutes: float = 1e-9, **methods) -> dict:
     return tiny_suite(methods=methods or {"tbptt": {"unroll": 3, "window": 2}},
                       budget={"outer_steps": steps, "checkpoint_minutes": checkpoint_minutes})
-
-
-def _same_result(a: Path, b: Path, cell) -> None:
-    ra, rb = read_record(cell_paths(a, cell)["record"]), read_record(cell_paths(b, cell)["record"])
-    assert ra.eval.accuracy_per_model == rb.eval.accuracy_per_model and ra.distill.history == rb.distill.history
-    da, db = (DistilledSet.load(cell_paths(root, cell)["distilled"]) for root in (a, b))
-    assert torch.equal(da.images, db.images) and torch.equal(da.labels, db.labels)
 
 
 # ----------------------------------------------------------------------------- a full disk
@@ -98,7 +89,7 @@ def test_a_full_disk_is_one_line_nothing_partial_and_resumes(small_disk, write_s
         small_disk()
     code, _, err = cli("run", path, "--out", out, "-q")
     assert code == 0, err
-    _same_result(tmp_path / "reference", out, cell)
+    assert_same_result(tmp_path / "reference", out, cell)
 
 
 # ----------------------------------------------------------------------------- signals
@@ -135,7 +126,7 @@ def test_a_signal_checkpoints_the_last_completed_step_and_the_run_resumes(signum
     code, _, err = cli("run", path, "--out", out, "-q", "--methods", "tbptt")
     assert code == 0 and f"resuming digits ipc1 tbptt s0 from outer step {step}" in err
     assert cli("run", path, "--out", tmp_path / "reference", "-q", "--methods", "tbptt")[0] == 0
-    _same_result(tmp_path / "reference", out, cell)
+    assert_same_result(tmp_path / "reference", out, cell)
 
 
 # ----------------------------------------------------------------------------- kill -9 in a write

@@ -59,7 +59,7 @@ def test_evaluation_does_not_touch_the_global_generator():
     distilled = DistilledSet(data.train_x[:10], torch.arange(10), 10, 1)
     state = torch.get_rng_state()
     evaluate(distilled, data, EvalProtocol(models=1, steps=2), ModelConfig(width=4, depth=1), seed=0,
-             device=torch.device("cpu"), progress=False)
+             device=torch.device("cpu"))
     assert torch.equal(torch.get_rng_state(), state)
 
 

@@ -44,7 +44,7 @@ def captured(monkeypatch):
     """Replace the evaluation by a recorder; accuracy = mean code / 1000, so results differ by subset."""
     calls = []
 
-    def fake_evaluate(distilled, data, protocol, model_cfg, *, seed, device, dtype, progress, desc="eval"):
+    def fake_evaluate(distilled, data, protocol, model_cfg, *, seed, device, dtype):
         calls.append({"set": distilled, "protocol": protocol, "seed": seed, "model": model_cfg})
         acc = float(distilled.images.mean()) / 1000
         return EvalResult([acc] * protocol.models, torch.zeros(protocol.models, 5, dtype=torch.bool))

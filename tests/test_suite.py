@@ -110,8 +110,6 @@ def test_a_default_engine_leaves_trajectories_out_of_the_run_id():
     assert EngineConfig(**EngineConfig().model_dump()) == EngineConfig()
 
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def suite_file(folder: str) -> Path | None:
     """The suite a committed results folder came from (``smoke-cpu``: the smoke suite run on a CPU)."""

@@ -34,6 +34,11 @@ class DDBenchError(Exception):
         return ": ".join([*parts, " ".join(self.message.split())])
 
 
+def one_line(err: BaseException) -> str:
+    """``Type: message`` on one line (a message's newlines and runs of spaces folded)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
+
+
 class ConfigError(DDBenchError):
     """A config value is missing, malformed or out of range."""
 

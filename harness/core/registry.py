@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
-from harness.core.errors import DDBenchError, UnknownNameError
+from harness.core.errors import DDBenchError, UnknownNameError, one_line
 
 T = TypeVar("T")
 
@@ -105,7 +105,7 @@ class Registry(Generic[T]):
                     importlib.import_module(module)
                 except Exception as err:  # noqa: BLE001 - reported below, after the others loaded
                     kind = "built-in module" if module in self.builtins else "DDBENCH_PLUGINS module"
-                    failures.append(f"{kind} {module!r}: {_line(err)}")
+                    failures.append(f"{kind} {module!r}: {one_line(err)}")
             if self.group is not None:
                 for ep in entry_points(group=self.group):
                     try:
@@ -113,7 +113,7 @@ class Registry(Generic[T]):
                         ep.load()
                     except Exception as err:  # noqa: BLE001
                         failures.append(f"entry point {ep.name!r} = {ep.value!r} of group {self.group!r}: "
-                                        f"{_line(err)}")
+                                        f"{one_line(err)}")
         finally:
             self._loading = False
         if failures:
@@ -146,10 +146,6 @@ class Registry(Generic[T]):
 
 def _where(obj: object) -> str:
     return getattr(obj, "__module__", None) or type(obj).__module__
-
-
-def _line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def first_doc_line(obj: object) -> str:

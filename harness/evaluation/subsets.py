@@ -123,7 +123,7 @@ def subset_curve(distilled: DistilledSet, data: DatasetSplits, protocol: Protoco
         key = tuple(entry["positions"])
         if key not in done:
             done[key] = evaluate(distilled.select(entry["positions"]), data, protocol, model_cfg, seed=seed,
-                                 device=device, dtype=dtype, progress=False)
+                                 device=device, dtype=dtype)
         result = done[key]
         curve.append({**entry, "accuracy_mean": result.accuracy_mean, "accuracy_std": result.accuracy_std,
                       "accuracy_per_model": list(result.accuracy_per_model)})

@@ -7,12 +7,12 @@ May import: :mod:`harness.core`, :mod:`harness.data`, :mod:`harness.models`,
 :mod:`harness.engine`. Nothing above it.
 """
 
-from harness.method.base import DistilledSet, DistillTask, Method
+from harness.method.base import DistilledSet, DistillTask, Method, real_per_class
 from harness.method.registry import (METHODS, create_method, list_methods, method_class, register_method,
                                      validate_method_config)
 from harness.method.unrolled import (EngineConfig, ParameterizationConfig, UnrollConfig, UnrolledMethod,
                                      check_window, uniform_unroll)
 
-__all__ = ["DistilledSet", "DistillTask", "Method", "METHODS", "create_method", "list_methods", "method_class",
-           "register_method", "validate_method_config", "EngineConfig", "ParameterizationConfig", "UnrollConfig",
-           "UnrolledMethod", "check_window", "uniform_unroll"]
+__all__ = ["DistilledSet", "DistillTask", "Method", "real_per_class", "METHODS", "create_method", "list_methods",
+           "method_class", "register_method", "validate_method_config", "EngineConfig", "ParameterizationConfig",
+           "UnrollConfig", "UnrolledMethod", "check_window", "uniform_unroll"]

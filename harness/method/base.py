@@ -64,16 +64,21 @@ class DistillTask:
             raise ValueError(f"class {short} has {int(counts[short])} training images, fewer than ipc={ipc}")
 
     def real_per_class(self, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ipc`` random real training images of every class, class-major."""
-        train_y = self.data.train_y.cpu()
-        rows = []
-        for c in range(self.num_classes):
-            members = (train_y == c).nonzero().flatten()
-            if len(members) < ipc:
-                raise ValueError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
-            rows.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
-        idx = torch.cat(rows).to(self.data.train_x.device)
-        return self.data.train_x[idx], self.data.train_y[idx]
+        return real_per_class(self.data, ipc, gen)
+
+
+def real_per_class(data: DatasetSplits, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real training images of every class, class-major (``random_real``'s draw, and
+    DD-Ranking's random baseline with the same generator)."""
+    train_y = data.train_y.cpu()
+    rows = []
+    for c in range(data.num_classes):
+        members = (train_y == c).nonzero().flatten()
+        if len(members) < ipc:
+            raise ValueError(f"class {c} has {len(members)} training images, fewer than ipc={ipc}")
+        rows.append(members[torch.randperm(len(members), generator=gen)[:ipc]])
+    idx = torch.cat(rows).to(data.train_x.device)
+    return data.train_x[idx], data.train_y[idx]
 
 
 @dataclass

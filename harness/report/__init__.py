@@ -6,9 +6,9 @@ imports an analysis; it reads record sections only.
 """
 
 from harness.report.records import (iter_eval_records, iter_records, parse_record, read_record, record_stem,
-                                    write_eval_record, write_record)
+                                    write_record)
 from harness.report.schema import EVAL_KIND, RECORD_KIND, SCHEMA_VERSION, EvalRecord, RunRecord
 from harness.report.tables import FORMATS, VIEWS, View, register_view, render_view, view_names
 
-__all__ = ["iter_eval_records", "iter_records", "parse_record", "read_record", "record_stem", "write_eval_record",
-           "write_record", "EVAL_KIND", "RECORD_KIND", "SCHEMA_VERSION", "EvalRecord", "RunRecord", "FORMATS", "VIEWS", "View", "register_view", "render_view", "view_names"]
+__all__ = ["iter_eval_records", "iter_records", "parse_record", "read_record", "record_stem", "write_record",
+           "EVAL_KIND", "RECORD_KIND", "SCHEMA_VERSION", "EvalRecord", "RunRecord", "FORMATS", "VIEWS", "View", "register_view", "render_view", "view_names"]

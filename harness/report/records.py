@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pydantic import ValidationError
 
@@ -25,8 +25,8 @@ def record_stem(suite: str, dataset: str, ipc: int, method: str, seed: int, run_
     return f"{suite}/{dataset}/ipc{ipc}/{method}/seed{seed}-{run_id}"
 
 
-def write_record(path: Path, record: RunRecord) -> None:
-    """``record`` as JSON at ``path``, atomically."""
+def write_record(path: Path, record: RunRecord | EvalRecord) -> None:
+    """``record`` (a run or an evaluation record) as JSON at ``path``, atomically."""
     write_json_atomic(Path(path), record.model_dump(mode="json"))
 
 
@@ -76,6 +76,18 @@ def is_record(data: Any) -> bool:
     return isinstance(data, dict) and "schema_version" in data and data.get("kind", RECORD_KIND) == RECORD_KIND
 
 
+def _json_files(root: Path, wanted: Callable[[Any], bool]) -> Iterator[tuple[Path, Any]]:
+    """``(path, parsed JSON)`` of every ``*.json`` below ``root`` that ``wanted`` accepts, sorted by
+    path; hidden files (temp files of atomic writes) skipped, a file that is not JSON a
+    :class:`CheckpointError` naming it."""
+    for path in sorted(Path(root).rglob("*.json")):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        data = _load_json(path)
+        if wanted(data):
+            yield path, data
+
+
 def iter_records(root: Path) -> Iterator[tuple[Path, RunRecord]]:
     """Every run record below ``root``, sorted by path.
 
@@ -83,29 +95,16 @@ def iter_records(root: Path) -> Iterator[tuple[Path, RunRecord]]:
     ``schema_version`` are skipped; a file that is not JSON at all, or a record with a missing
     or malformed field, raises :class:`CheckpointError` naming it.
     """
-    for path in sorted(Path(root).rglob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        data = _load_json(path)
-        if isinstance(data, dict) and not is_record(data):
-            continue
+    for path, data in _json_files(root, lambda data: not isinstance(data, dict) or is_record(data)):
         yield path, parse_record(data, path)
 
 
 def iter_eval_records(root: Path) -> Iterator[tuple[Path, EvalRecord]]:
     """Every evaluation record (``ddbench eval``) below ``root``, sorted by path; a damaged one is a
     :class:`CheckpointError` naming it."""
-    for path in sorted(Path(root).rglob("*.json")):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        data = _load_json(path)
-        if isinstance(data, dict) and data.get("kind") == EVAL_KIND:
-            try:
-                yield path, EvalRecord.model_validate(data)
-            except ValidationError as err:
-                error = config_error_from(err)
-                raise CheckpointError(error.message, file=str(path), field=error.field) from None
-
-
-def write_eval_record(path: Path, record: EvalRecord) -> None:
-    write_json_atomic(Path(path), record.model_dump(mode="json"))
+    for path, data in _json_files(root, lambda data: isinstance(data, dict) and data.get("kind") == EVAL_KIND):
+        try:
+            yield path, EvalRecord.model_validate(data)
+        except ValidationError as err:
+            error = config_error_from(err)
+            raise CheckpointError(error.message, file=str(path), field=error.field) from None

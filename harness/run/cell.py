@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import torch
 from filelock import FileLock, Timeout
 
-from harness.core.errors import CheckpointError, StorageError
+from harness.core.errors import CheckpointError, StorageError, one_line
 from harness.core.io import atomic_torch_save, atomic_write, remove_stale_temp_files
 from harness.core.provenance import BusyMeter
 from harness.data import DatasetSplits
@@ -37,7 +37,7 @@ from harness.method import DistillTask, method_class
 from harness.report import read_record, record_stem, write_record
 from harness.run.anytime import AnytimeCurve
 from harness.run.interrupt import StopRequested, stop_on_signals
-from harness.run.progress import INNER_AFTER_S, BarProgress, CellProgress, budget_warning, human_seconds, say
+from harness.run.progress import INNER_AFTER_S, CellProgress, budget_warning, human_seconds, say
 from harness.run.recording import build_record, distill_section, json_safe, now_iso
 from harness.run.suite import Cell
 
@@ -178,7 +178,7 @@ def execute_cell(cell: Cell, data: Callable[[], DatasetSplits], device: torch.de
 
 
 def _record_failure(cell: Cell, paths: dict[str, Path], device, dtype, err: Exception) -> CellOutcome:
-    reason = f"{type(err).__name__}: {' '.join(str(err).split())}"[:500]
+    reason = one_line(err)[:500]
     text = "".join(traceback.format_exception(err))
     atomic_write(paths["error"], lambda f: f.write(text.encode()))
     record = build_record(cell, status="failed", eval_section=None, preprocessing={}, device=device, dtype=dtype,
@@ -191,11 +191,9 @@ def _record_failure(cell: Cell, paths: dict[str, Path], device, dtype, err: Exce
 
 
 def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype, out_dir: Path,
-             progress: CellProgress | bool = True):
+             progress: CellProgress):
     """Distil, evaluate and record one cell (resuming from its checkpoint if there is one);
     returns its :class:`RunRecord`. ``data`` is on ``device`` in ``dtype``."""
-    if isinstance(progress, bool):
-        progress = BarProgress() if progress else CellProgress()
     busy = BusyMeter()
     paths, desc = cell_paths(out_dir, cell), cell_desc(cell)
     task = cell_task(cell, data, device, dtype)
@@ -297,7 +295,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
         if curve.cfg is not None and method.distils:  # the curve's last point: the end of the distillation
             curve.measure(method, data, cell, steps_done, elapsed, device, dtype)
         if steps_done > start:  # the distillation is done: an interruption from here resumes at the evaluation
-            save_checkpoint(steps_done, method.state_dict(), elapsed, step_times, history.entries, curve.state())
+            save_checkpoint(*last_good[:5], curve.state())  # last_good is this state; the curve gained its end
 
         with stop_on_signals(), _reported_as(f"{desc}: stopped in its evaluation; its distillation is "
                                              "checkpointed: run the same command to resume"):
@@ -307,8 +305,7 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
                                    "pixels": "normalization and ZCA undone; after ZCA each image min-max scaled"})
             if data.to_pixels is not None:
                 distilled.pixels = data.to_pixels(distilled.images)
-            result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype,
-                              progress=False, desc=f"{desc} eval")
+            result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype)
             ctx = AnalysisContext(data=data, distilled=distilled, eval_result=result, protocol=cell.eval,
                                   model=cell.model, seed=cell.seed, device=device, dtype=dtype, progress=False)
             sections = {}

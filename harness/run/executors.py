@@ -7,7 +7,7 @@ its lock, so executors may run cells in any order or at once."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -27,8 +27,7 @@ class LocalExecutor:
     """The cells one after another in this process, each dataset moved to the device while its
     cells run (and only then); one line per finished cell."""
 
-    def __init__(self, report: Callable[[str], None] = say, live_log=None):
-        self.report = report
+    def __init__(self, live_log=None):
         self.live_log = live_log  # a harness.run.livelog.LiveLog, or None
 
     def run(self, cells, datasets, device, dtype, out_dir, progress) -> list[CellOutcome]:
@@ -48,6 +47,6 @@ class LocalExecutor:
             if self.live_log is not None:
                 sink = Tee([sink, self.live_log.sink(cell_desc(cell), cell.normalized())])
             outcome = execute_cell(cell, data, device, dtype, out_dir, sink)
-            self.report(outcome.line())
+            say(outcome.line())
             outcomes.append(outcome)
         return outcomes

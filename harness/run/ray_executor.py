@@ -184,10 +184,10 @@ class RayExecutor:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as err:
             cause = err.cause if hasattr(err, "cause") else None
-            if isinstance(cause, (StorageError, DDBenchError)):
+            if isinstance(cause, DDBenchError):
                 raise cause from None  # a full disk or a bad checkpoint: the whole run stops with one line
             return CellOutcome(cell_desc(cell), "failed", message=" ".join(str(cause or err).split())[:300])
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayError) as err:
+        except ray.exceptions.RayError as err:  # a dead worker or node, after its retries
             return CellOutcome(cell_desc(cell), "failed", message=f"its worker died {self.resources.max_retries + 1} "
                                f"times ({type(err).__name__}); the next run resumes it from its checkpoint")
 

@@ -21,6 +21,12 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def environment(device: torch.device, dtype: torch.dtype, busy: BusyMeter) -> dict[str, Any]:
+    """A record's ``hardware`` and ``provenance`` sections: where and with what it was made."""
+    return {"hardware": {**hardware_info(device), "dtype": str(dtype).removeprefix("torch.")},
+            "provenance": {"ddbench": ddbench_version(), "git": git_state(), "busy": busy.report()}}
+
+
 def json_safe(obj: Any) -> Any:
     """``obj`` with NaN and infinite floats replaced by None: a diverged loss in the history must
     not make the record unwritable (records refuse NaN)."""
@@ -82,8 +88,7 @@ def build_record(cell: Cell, *, status: str, distill: dict[str, Any], eval_secti
         "distill": distill,
         **(sections or {}),
         "distilled_file": distilled_file,
-        "hardware": {**hardware_info(device), "dtype": str(dtype).removeprefix("torch.")},
-        "provenance": {"ddbench": ddbench_version(), "git": git_state(), "busy": busy.report()},
+        **environment(device, dtype, busy),
         "started_at": started_at,
         "finished_at": now_iso(),
         "status": status,

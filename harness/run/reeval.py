@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 
 from harness.core.errors import CheckpointError, ConfigError
-from harness.core.provenance import BusyMeter, ddbench_version, git_state, hardware_info
+from harness.core.provenance import BusyMeter
 from harness.data import DataConfig, DatasetSplits, load_dataset
 from harness.data.load import validation_split
 from harness.evaluation import PROTOCOLS, evaluate, protocol_config
 from harness.method import DistilledSet
 from harness.models import ModelConfig
-from harness.report import EvalRecord, RunRecord, iter_records, read_record, write_eval_record
+from harness.report import SCHEMA_VERSION, EvalRecord, RunRecord, iter_records, read_record, write_record
 from harness.run.progress import say
-from harness.run.recording import json_safe, now_iso
+from harness.run.recording import environment, json_safe, now_iso
 from harness.run.runner import resolve_device
 
 
@@ -53,7 +53,7 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
             say(f"{path.name}: skipped ({record.status}, no distilled set)")
             continue
         net = _network(record, model)
-        needs_val = PROTOCOLS.get(cfg.protocol).needs_validation or getattr(cfg, "lr_grid", None)
+        needs_val = PROTOCOLS.get(cfg.protocol).selects_on_validation(cfg)
         validation = None
         data_cfg = DataConfig(**record.dataset_config)
         if needs_val and not data_cfg.validation_size:
@@ -81,17 +81,15 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
         busy, started = BusyMeter(), now_iso()
         result = evaluate(distilled, data, cfg, net, seed=record.seed, device=device, dtype=data.train_x.dtype)
         evaluation = EvalRecord.model_validate({
-            "schema_version": 2, "eval_id": eval_id, "of_run": record.run_id, "record_file": path.name,
+            "schema_version": SCHEMA_VERSION, "eval_id": eval_id, "of_run": record.run_id, "record_file": path.name,
             "suite": record.suite, "dataset": record.dataset, "ipc": record.ipc, "method": record.method,
             "method_name": record.method_name, "seed": record.seed, "config_id": record.config_id,
             "model": net.model_dump(mode="json"), "validation": validation,
             "eval": {"protocol": cfg.model_dump(mode="json"), "accuracy_mean": result.accuracy_mean,
                      "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model,
                      "details": json_safe(result.details)},
-            "hardware": {**hardware_info(device), "dtype": str(data.train_x.dtype).removeprefix("torch.")},
-            "provenance": {"ddbench": ddbench_version(), "git": git_state(), "busy": busy.report()},
-            "started_at": started, "finished_at": now_iso()})
-        write_eval_record(out, evaluation)
+            **environment(device, data.train_x.dtype, busy), "started_at": started, "finished_at": now_iso()})
+        write_record(out, evaluation)
         say(f"{record.dataset} ipc{record.ipc} {record.method} s{record.seed}: {cfg.protocol} on {net.name}: "
             f"{100 * result.accuracy_mean:.2f}% ± {100 * result.accuracy_std:.2f}")
         written.append(out)

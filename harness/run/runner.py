@@ -162,7 +162,7 @@ def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype
             raise ConfigError(f"{cell_desc(cell)}: {cell.method} plans by its number of outer steps and cannot run "
                               "until a minutes budget only: give outer_steps", file=str(suite.path),
                               field="budget.outer_steps")
-    if PROTOCOLS.get(cell.eval.protocol).needs_validation or getattr(cell.eval, "lr_grid", None):
+    if PROTOCOLS.get(cell.eval.protocol).selects_on_validation(cell.eval):
         if not cell.dataset.validation_size:
             raise ConfigError(f"the {cell.eval.protocol!r} protocol selects on a validation split held out of the "
                               f"training set: set data.{cell.dataset.name}.validation_size", file=str(suite.path),

@@ -108,6 +108,11 @@ class Protocol:
     Config: ClassVar[type[ProtocolConfig]]
     needs_validation: ClassVar[bool] = False  # selects on the validation split
 
+    @classmethod
+    def selects_on_validation(cls, cfg: ProtocolConfig) -> bool:
+        """Whether evaluating by ``cfg`` may select on the validation split (the suite needs one)."""
+        return cls.needs_validation
+
     def evaluate(self, cfg: ProtocolConfig, distilled: DistilledSet, data: DatasetSplits, model_cfg: ModelConfig,
                  seed: int, device: torch.device, dtype: torch.dtype) -> EvalResult:
         raise NotImplementedError
@@ -134,10 +139,8 @@ def register_protocol(name: str):
 
 
 def evaluate(distilled: DistilledSet, data: DatasetSplits, protocol: ProtocolConfig, model_cfg: ModelConfig, *,
-             seed: int, device: torch.device, dtype: torch.dtype = torch.float32, progress: bool = False,
-             desc: str = "eval") -> EvalResult:
+             seed: int, device: torch.device, dtype: torch.dtype = torch.float32) -> EvalResult:
     """``distilled`` evaluated on ``data`` by ``protocol`` (its ``model`` or else ``model_cfg``)."""
-    del progress, desc
     cls = PROTOCOLS.get(protocol.protocol)
     if cls.needs_validation and data.val_x is None:
         raise ConfigError(f"the {protocol.protocol!r} protocol selects on a validation split; set "

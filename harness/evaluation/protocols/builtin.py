@@ -156,6 +156,10 @@ class DSAProtocol(Protocol):
 
     Config = DSAProtocolConfig
 
+    @classmethod
+    def selects_on_validation(cls, cfg):
+        return bool(cfg.lr_grid)
+
     def recipe(self, cfg, n_images):
         steps = cfg.epochs * math.ceil(n_images / cfg.batch_size)  # an epoch: one pass in batches
         return TrainRecipe(cfg.optimizer, steps, cfg.batch_size, lambda x, g: dsa_augment(x, cfg.dsa, g),

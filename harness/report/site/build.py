@@ -45,10 +45,10 @@ def publish(sources: list[Path], out: Path) -> dict:
 
     run_pages, grid_list = {}, []
     runs_dir, figures_dir = out / "runs", out / "figures"
+    runs_dir.mkdir()
     for record in progress_bar(records, desc="publish: runs", unit="run"):
         stem = _slug(f"{record.suite}-{record.dataset}-ipc{record.ipc}-{record.method}-s{record.seed}-{record.run_id}")
         source = paths[record.run_id]
-        runs_dir.mkdir(exist_ok=True)
         files = {"record": f"{stem}.json"}
         shutil.copyfile(source, runs_dir / files["record"])
         grid_caption = None
@@ -56,7 +56,7 @@ def publish(sources: list[Path], out: Path) -> dict:
         if distilled is not None and distilled.is_file():
             files["distilled"] = f"{stem}.distilled.pt"
             shutil.copyfile(distilled, runs_dir / files["distilled"])
-            names = getattr(record, "class_names", None) or None
+            names = record.class_names or None
             files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid")
             grid_list.append((record.dataset, f"{record.method} IPC {record.ipc} s{record.seed}",
                               f"runs/{files['grid']}", f"runs/{stem}.html"))
@@ -64,8 +64,9 @@ def publish(sources: list[Path], out: Path) -> dict:
         (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption))
         run_pages[record.run_id] = f"runs/{stem}.html"
 
+    ranked = boards(rows)
     board_figures, dataset_figures = {}, {}
-    for (dataset, ipc) in progress_bar(list(boards(rows)), desc="publish: figures", unit="board"):
+    for (dataset, ipc) in progress_bar(list(ranked), desc="publish: figures", unit="board"):
         figs = [(plots.pareto(rows, dataset, ipc, figures_dir), "accuracy against seconds per outer step and "
                                                                 "against peak memory; the line: the Pareto front"),
                 (plots.anytime(records, dataset, ipc, figures_dir), "accuracy at budget: the anytime curves")]
@@ -76,7 +77,6 @@ def publish(sources: list[Path], out: Path) -> dict:
                                                                      "subsets, block prefixes) by subset IPC"),
                 (plots.hardness(records, dataset, figures_dir), "accuracy per hardness bucket (forgetting scores)")]
         dataset_figures[dataset] = [(f"figures/{src}", caption) for src, caption in figs if src]
-    ranked = boards(rows)
     (out / "index.html").write_text(pages.index_page(ranked, board_figures, dataset_figures, grid_list, run_pages,
                                                      len(records), [str(s) for s in sources]))
     (out / "leaderboard.md").write_text(exports.markdown(rows))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from tabulate import tabulate
-
-from harness.report.site.rows import Row, accuracy_text, boards, cost_text
-from harness.report.tables import latex_text
+from harness.report.site.rows import Row, accuracy_text, boards, cost_text, lrs_text
+from harness.report.tables import latex_text, tabulate_rows
 
 HEADERS = ["rank", "method", "accuracy (%)", "models x seeds", "s / outer step", "peak memory (MiB)", "protocol",
            "LRS (%)", "hardware"]
@@ -13,9 +11,8 @@ HEADERS = ["rank", "method", "accuracy (%)", "models x seeds", "s / outer step",
 
 def _cells(rank: int, row: Row, latex: bool) -> list[str]:
     seconds, memory = cost_text(row)
-    pm = r" $\pm$ " if latex else " ± "
-    text = [str(rank), row.method, accuracy_text(row, pm), row.count, seconds, memory, row.protocol,
-            "-" if row.lrs is None else f"{100 * row.lrs:.2f}", row.hardware]
+    text = [str(rank), row.method, accuracy_text(row, "latex" if latex else "github"), row.count, seconds, memory,
+            row.protocol, lrs_text(row), row.hardware]
     return [latex_text(t) if latex and i != 2 else t for i, t in enumerate(text)]
 
 
@@ -25,8 +22,7 @@ def markdown(rows: list[Row]) -> str:
              "real test set under the named protocol; memory kind per row in the site.", ""]
     for (dataset, ipc), board in boards(rows).items():
         parts += [f"## {dataset}, IPC {ipc}", "",
-                  tabulate([_cells(i, r, False) for i, r in enumerate(board, 1)], headers=HEADERS, tablefmt="github",
-                           disable_numparse=True), ""]
+                  tabulate_rows(HEADERS, [_cells(i, r, False) for i, r in enumerate(board, 1)], "github"), ""]
     return "\n".join(parts)
 
 

@@ -7,7 +7,8 @@ import json
 from html import escape
 
 from harness.report.schema import RunRecord
-from harness.report.site.rows import Row, accuracy_text, cost_text
+from harness.report.site.exports import HEADERS
+from harness.report.site.rows import Row, accuracy_text, cost_text, lrs_text
 
 CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 0 1.2em 3em; color: #222; }
@@ -53,9 +54,8 @@ if (filter) {
 }
 """
 
-COLUMNS = [("rank", "num"), ("method", "text"), ("accuracy (%)", "num"), ("models x seeds", "num"),
-           ("s / outer step", "num"), ("peak memory (MiB)", "num"), ("protocol", "text"), ("LRS (%)", "num"),
-           ("hardware", "text")]
+# The exports' headers, each with how the page sorts it.
+COLUMNS = list(zip(HEADERS, ["num", "text", "num", "num", "num", "num", "text", "num", "text"], strict=True))
 
 
 def _page(title: str, body: str, depth: int = 0) -> str:
@@ -87,7 +87,7 @@ def leaderboard_table(board: list[Row], pages: dict[str, str]) -> str:
         link = pages.get(row.runs[0].run_id)
         name = escape(row.method) + (f" <span class=\"note\">({escape(row.suite)})</span>" if several else "")
         name = f"<a href=\"{escape(link)}\">{name}</a>" if link else name
-        status = "ok" if row.status == "ok" else row.status.split()[0]
+        status = row.status.split()[0]
         body.append(
             f"<tr class=\"status-{escape(status)}\">"
             + _cell(str(rank), rank, True) + _cell(name, row.method)
@@ -96,8 +96,7 @@ def leaderboard_table(board: list[Row], pages: dict[str, str]) -> str:
             + _cell(escape(seconds), "" if row.seconds_per_step is None else f"{row.seconds_per_step:.6g}", True)
             + _cell(escape(memory), "" if row.peak_memory_mib is None else f"{row.peak_memory_mib:.3f}", True)
             + _cell(escape(row.protocol), row.protocol)
-            + _cell("-" if row.lrs is None else f"{100 * row.lrs:.2f}", "" if row.lrs is None else f"{row.lrs:.6f}",
-                    True)
+            + _cell(lrs_text(row), "" if row.lrs is None else f"{row.lrs:.6f}", True)
             + _cell(escape(row.hardware), row.hardware) + "</tr>")
     return (f"<table class=\"leaderboard sortable\"><thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)
             + "\n</tbody></table>")

@@ -6,7 +6,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from harness.report.schema import RunRecord
-from harness.report.tables import count_text, failed_text, group, pooled
+from harness.report.tables import count_text, group, mean_std_text, summarize
 
 
 @dataclass
@@ -32,10 +32,6 @@ class Row:
     hardware: str
     runs: list[RunRecord] = field(default_factory=list, repr=False)
 
-    @property
-    def label(self) -> str:
-        return self.method
-
     def sort_key(self) -> tuple:
         """Ranked by accuracy, best first; rows without one (diverged, failed) last."""
         return (self.accuracy_mean is None, -(self.accuracy_mean or 0.0), self.method, self.suite)
@@ -47,24 +43,20 @@ def leaderboard_rows(records: list[RunRecord]) -> list[Row]:
     cells = group(records, key=lambda r: (r.dataset, r.ipc, r.method, r.config_id))
     rows = []
     for (dataset, ipc, method, config_id), rs in cells.items():
-        failed = failed_text(rs)
-        accs = [a for r in rs for a in r.eval.accuracy_per_model] if not failed else []
-        stats = pooled(accs)
-        distill = [r.distill for r in rs]
-        distilling = statistics.median(d.outer_steps for d in distill) > 0
+        s = summarize(rs)
+        distilling = s["outer_steps"] > 0
         scored = [r.scores for r in rs if r.scores is not None and r.scores.lrs is not None]
+        all_scored = len(scored) == len(rs) and s["status"] == "ok"
         rows.append(Row(
             dataset=dataset, ipc=ipc, method=method, suite=rs[0].suite, config_id=config_id,
-            status=failed or "ok", accuracy_mean=None if stats is None else stats[0],
-            accuracy_std=None if stats is None else stats[1], n_models=len(accs), n_seeds=len(rs),
-            count=count_text(rs), outer_steps=statistics.median(d.outer_steps for d in distill),
-            seconds_per_step=statistics.median(d.seconds_per_outer_step for d in distill) if distilling else None,
-            peak_memory_mib=statistics.median(d.peak_memory_bytes for d in distill) / 2**20 if distilling else None,
-            memory_kind="/".join(sorted({d.memory_kind for d in distill})),
-            protocol=rs[0].eval.protocol.get("protocol", "standard"),
-            lrs=statistics.fmean(s.lrs for s in scored) if len(scored) == len(rs) and not failed else None,
-            ars=statistics.fmean(s.ars for s in scored) if len(scored) == len(rs) and not failed else None,
-            hardware="; ".join(sorted({r.hardware.device_name for r in rs})), runs=rs))
+            status=s["status"], accuracy_mean=s["accuracy_mean"], accuracy_std=s["accuracy_std"],
+            n_models=s["n_models"], n_seeds=s["n_seeds"], count=count_text(rs), outer_steps=s["outer_steps"],
+            seconds_per_step=s["seconds_per_outer_step"] if distilling else None,
+            peak_memory_mib=s["peak_memory_bytes"] / 2**20 if distilling else None,
+            memory_kind=s["memory_kind"], protocol=rs[0].eval.protocol.get("protocol", "standard"),
+            lrs=statistics.fmean(x.lrs for x in scored) if all_scored else None,
+            ars=statistics.fmean(x.ars for x in scored) if all_scored else None,
+            hardware="; ".join(s["devices"]), runs=rs))
     return sorted(rows, key=lambda r: (r.dataset, r.ipc, *r.sort_key()))
 
 
@@ -76,12 +68,15 @@ def boards(rows: list[Row]) -> dict[tuple[str, int], list[Row]]:
     return {key: sorted(rs, key=Row.sort_key) for key, rs in sorted(out.items())}
 
 
-def accuracy_text(row: Row, pm: str = " ± ") -> str:
+def accuracy_text(row: Row, fmt: str = "github") -> str:
+    """Mean ± std (%) of the row's pooled accuracies, or what went wrong."""
     if row.status != "ok":
         return row.status
-    if row.n_models == 1:
-        return f"{100 * row.accuracy_mean:.2f}"
-    return f"{100 * row.accuracy_mean:.2f}{pm}{100 * row.accuracy_std:.2f}"
+    return mean_std_text([a for r in row.runs for a in r.eval.accuracy_per_model], fmt)
+
+
+def lrs_text(row: Row) -> str:
+    return "-" if row.lrs is None else f"{100 * row.lrs:.2f}"
 
 
 def cost_text(row: Row) -> tuple[str, str]:

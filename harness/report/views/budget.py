@@ -38,7 +38,7 @@ def _cell(runs: list[list[AnytimePoint]], pick, budget, fmt: str) -> tuple[str, 
         if point is None:
             return "-", []
         accs.extend(point.accuracy_per_model)
-    return f"{mean_std_text(accs, fmt)}", accs
+    return mean_std_text(accs, fmt), accs
 
 
 @register_view("budget", order=30, help="accuracy at equal outer steps and at equal wall-clock (anytime curves)")

@@ -34,7 +34,7 @@ def scores_table(records: list[RunRecord], fmt: str = "github") -> str:
         if failed and any(r.scores is not None for r in rs):
             rows.append([latex_text(method, fmt), latex_text(dataset, fmt), str(ipc), failed, *[""] * 7])
             continue
-        if not with_scores or len(with_scores) != len(rs):
+        if len(with_scores) != len(rs):
             continue
         values = {k: _mean(rs, k) for k in FIELDS}
         accs = {k: _acc(rs, k) for k in ("full_data", "distilled_hard_labels", "random")}
