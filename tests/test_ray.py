@@ -3,7 +3,6 @@ worker killed in the middle of a cell retried from its checkpoint, the storage c
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from conftest import dump_toml, tiny_suite  # noqa: E402
+from conftest import assert_same_result, dump_toml, tiny_suite  # noqa: E402
 from harness.method import METHODS, DistilledSet  # noqa: E402
 from harness.report import iter_records  # noqa: E402
 from harness.run.cell import cell_paths  # noqa: E402
@@ -125,11 +124,7 @@ def test_a_killed_worker_is_retried_and_resumes_from_its_checkpoint(local_ray, w
     pids = [pid for pid, _ in attempts]
     assert [int(s) for _, s in attempts] == list(range(6))  # every step once: the retry resumed at step 3
     assert pids[:3] == [marker.read_text()] * 3 and len(set(pids[3:])) == 1 and pids[3] != pids[0]
-    ref, got = (json.loads(cell_paths(tmp_path / root, cell)["record"].read_text()) for root in ("reference", "ray"))
-    assert got["eval"]["accuracy_per_model"] == ref["eval"]["accuracy_per_model"]
-    assert got["distill"]["history"] == ref["distill"]["history"]
-    a, b = (DistilledSet.load(cell_paths(tmp_path / root, cell)["distilled"]) for root in ("reference", "ray"))
-    assert torch.equal(a.images, b.images)
+    assert_same_result(tmp_path / "reference", tmp_path / "ray", cell)
 
 
 def test_the_storage_probe_reports_a_node_that_cannot_see_the_folder(tmp_path):
@@ -147,6 +142,10 @@ def test_ray_options_are_validated(write_suite, cli, tmp_path):
     assert code == 2 and "gpus_per_cell" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli("run", path, "--out", tmp_path / "out", "--max-retries", "2")
     assert code == 2 and "--executor" in err
+    # Also with a live log (which picks the local executor itself): never silently ignored.
+    code, _, err = cli("run", path, "--out", tmp_path / "out", "--max-retries", "2", "--log", "tensorboard",
+                       tmp_path / "tb")
+    assert code == 2 and "--executor" in err and not (tmp_path / "out").exists()
     bad = dump_toml(tiny_suite(hardware={"device": "cpu", "ray": {"gpus_per_cell": "all"}}))
     code, _, err = cli("run", write_suite(bad, "bad.toml"), "--out", tmp_path / "out")
     assert code == 2 and "hardware.ray.gpus_per_cell" in err

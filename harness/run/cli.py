@@ -23,7 +23,6 @@ from pathlib import Path
 from harness.core.errors import DDBenchError
 from harness.core.provenance import ddbench_version
 
-EXIT_FAILED_CELLS = 1  # a cell diverged or failed (the others ran)
 EXIT_USAGE = 2
 EXIT_STORAGE = 74  # EX_IOERR: a result could not be written (a full disk)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -80,6 +79,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _cmd_plan(args)
     suite, selection = _selection(args)
+    if args.executor != "ray" and any(v is not None for v in (args.address, args.gpus_per_cell, args.cpus_per_cell,
+                                                              args.max_retries)):
+        raise DDBenchError("--address, --gpus-per-cell, --cpus-per-cell and --max-retries go with --executor ray",
+                           field="--executor")
     live_log = None
     if args.log:
         from harness.run.livelog import LiveLog
@@ -98,9 +101,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from harness.run.executors import LocalExecutor
 
         executor = LocalExecutor(live_log=live_log)
-    elif any(v is not None for v in (args.address, args.gpus_per_cell, args.cpus_per_cell, args.max_retries)):
-        raise DDBenchError("--address, --gpus-per-cell, --cpus-per-cell and --max-retries go with --executor ray",
-                           field="--executor")
     report = run_suite(suite, Path(args.out), progress=not args.quiet, executor=executor, **selection)
     print(report.summary())
     print(f"{len(report.records)} records under {args.out}")
