@@ -90,7 +90,9 @@ def test_batched_meta_gradient_is_the_mean_of_the_single_ones(plan, opt, mode):
     net = BatchedConvNet(ConvNet(1, CLASSES, SIZE, width=4, depth=1), plan.count)
     for k, single in enumerate(singles):
         for block, own in zip(net.block(batched.final_params, k), single.final_params, strict=True):
-            assert torch.allclose(block, own, rtol=1e-9, atol=1e-10)  # Adam amplifies ~1e-17 bias gradients
+            # A conv bias before instance norm has a zero gradient up to ~1e-17 of rounding, which Adam
+            # divides by ~eps: its steps are rounding noise of order lr x 1e-9, machine-dependent.
+            assert torch.allclose(block, own, rtol=1e-9, atol=1e-8)
         n = plan.unrolls[k]
         assert torch.allclose(batched.grad_norms[:n, k], single.grad_norms, rtol=1e-10, atol=0)
         assert torch.allclose(batched.inner_losses[:n, k], single.inner_losses, rtol=1e-10, atol=0)
