@@ -101,16 +101,19 @@ def test_select_budget_prefers_the_smaller_on_a_tie():
 
 
 @pytest.mark.parametrize("op", DSA_OPS)
-def test_dsa_draws_are_shared_within_a_batch(op):
-    x = torch.rand(1, 3, 16, 16).expand(6, -1, -1, -1).clone()
-    shared = dsa_augment(x, DSAConfig(ops=(op,)), torch.Generator().manual_seed(3))
+def test_dsa_draws_are_per_image_by_default_and_shared_in_siamese_mode(op):
+    """DSA's evaluation (seed -1): each image its own parameters; ``siamese``: one draw per batch."""
+    x = torch.rand(1, 3, 16, 16).expand(64, -1, -1, -1).clone()  # one image, 64 times
+    per_image = dsa_augment(x, DSAConfig(ops=(op,)), torch.Generator().manual_seed(3))
+    assert len({tuple(im.flatten().tolist()) for im in per_image}) > 1  # flip: all 64 coins alike is 2^-63
+    again = dsa_augment(x, DSAConfig(ops=(op,)), torch.Generator().manual_seed(3))
+    assert torch.equal(per_image, again)  # reproducible for a seed
+    assert not torch.equal(per_image, dsa_augment(x, DSAConfig(ops=(op,)), torch.Generator().manual_seed(4)))
+    shared = dsa_augment(x, DSAConfig(ops=(op,), siamese=True), torch.Generator().manual_seed(3))
     assert torch.equal(shared, shared[:1].expand_as(shared))  # one draw for the whole batch
-    changed = [not torch.equal(dsa_augment(x, DSAConfig(ops=(op,)), torch.Generator().manual_seed(s))[0], x[0])
-               for s in range(8)]
+    changed = [not torch.equal(dsa_augment(x, DSAConfig(ops=(op,), siamese=True),
+                                            torch.Generator().manual_seed(s))[0], x[0]) for s in range(8)]
     assert any(changed)  # ... and it does something
-    per_image = dsa_augment(x, DSAConfig(ops=(op,), siamese=False), torch.Generator().manual_seed(3))
-    if op != "flip":  # flip draws a coin: six heads are possible
-        assert not torch.equal(per_image, per_image[:1].expand_as(per_image))
 
 
 def test_dsa_ops_do_what_they_say():

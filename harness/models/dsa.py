@@ -4,12 +4,30 @@ DC/DSA/MTT/DATM evaluation protocols and of DD-Ranking's hard-label protocol.
 Six ops, their parameters as DSA's ``ParamDiffAug``: ``scale`` (each axis by a factor in
 [1/1.2, 1.2]), ``rotate`` (within +-15 degrees), ``flip`` (horizontal, probability 0.5),
 ``color`` (brightness + (r - 0.5), then saturation x 2r around the per-pixel channel mean, then
-contrast x (r + 0.5) around the image mean), ``crop`` (an integer shift of up to 12.5% of the
+contrast x (r + 0.5) around the image mean), ``crop`` (an integer shift of up to 12.5% of each
 side, zeros shifted in), ``cutout`` (a zeroed square of half the side, its centre anywhere).
-``mode="one"`` draws one op per batch (DSA's default ``'S'``), ``"all"`` applies them all in
-order. *Siamese*: every random parameter is drawn **once per batch** and shared by all its
-images (``siamese=False`` draws per image, as DD-Ranking does at evaluation). Every op is
-differentiable in the images.
+``mode="one"`` draws one op per batch (DSA's default ``aug_mode = 'S'``), ``"all"`` applies
+them all in order (``'M'``). Every op is differentiable in the images.
+
+**Per image by default.** In the reference code (``DiffAugment`` in VICO-UoE/DatasetCondensation
+and GeorgeCazenavette/mtt-distillation ``utils.py``; ``DSA`` in NUS-HPC-AI-Lab/DD-Ranking
+``ddranking/aug/dsa.py``) a call with ``seed = -1`` (every evaluation: ``epoch(...,
+aug=True)``) sets ``param.batchmode`` / ``Siamese`` / ``siamese`` False and every image gets
+its own random parameters; one draw shared by the whole batch (``seed != -1``) is only the
+*siamese* use during distillation, where a real and a synthetic batch must see the same
+transform. ``siamese=True`` is that one-draw-per-batch option. In both, ``mode="one"`` picks
+one op for the whole batch, as the reference does.
+
+Checked against the reference, op by op: the same parameter ranges, the same strategy order
+(``color_crop_cutout_flip_scale_rotate``; ``color`` = brightness, saturation, contrast), the
+same affine maps (``align_corners=True``, zero padding), crop's row shift drawn before its
+column shift and the source pixel at (row + shift), cutout's centre in ``[0, side + (1 -
+size % 2))``. Deviations: the draws come from a seeded ``torch.Generator`` in float64, cast
+to the images' dtype (the reference: the global generator in float32, re-seeded with seed,
+seed + 1, ... per draw in siamese mode), so the same distributions, not the same numbers;
+DD-Ranking lists its ops as scale, rotate, flip, color, crop, cutout, which only relabels the
+uniform op draw of ``mode="one"`` (its ``'M'`` order would differ from DSA's; ddbench composes
+in DSA's order).
 """
 
 from __future__ import annotations
@@ -29,7 +47,9 @@ class DSAConfig(BaseModel):
 
     ops: tuple[str, ...] = DSA_OPS
     mode: Literal["one", "all"] = "one"
-    siamese: bool = True
+    # False: each image its own parameters (the reference's evaluation, seed -1); True: one draw
+    # shared by the batch (DSA's siamese use while distilling; ddbench's default before issue 17).
+    siamese: bool = False
     brightness: float = Field(1.0, ge=0)
     saturation: float = Field(2.0, ge=0)
     contrast: float = Field(0.5, ge=0)
@@ -95,12 +115,13 @@ def _integers(n: int, low: int, high: int, cfg: DSAConfig, gen: torch.Generator)
 
 
 def dsa_crop(x, cfg, gen):
-    """Shift by whole pixels (up to ``crop`` x the side), zeros shifted in."""
+    """Shift by whole pixels (up to ``crop`` x each side), zeros shifted in: the output pixel
+    (i, j) is the input's (i + dy, j + dx), as the reference's pad-and-index."""
     n, _, h, w = x.shape
-    s = int(h * cfg.crop + 0.5)
-    dx, dy = _integers(n, -s, s + 1, cfg, gen), _integers(n, -s, s + 1, cfg, gen)
-    rows = torch.arange(h).view(1, h) - dy.view(n, 1)  # source row of each output row
-    cols = torch.arange(w).view(1, w) - dx.view(n, 1)
+    sy, sx = int(h * cfg.crop + 0.5), int(w * cfg.crop + 0.5)
+    dy, dx = _integers(n, -sy, sy + 1, cfg, gen), _integers(n, -sx, sx + 1, cfg, gen)
+    rows = torch.arange(h).view(1, h) + dy.view(n, 1)  # source row of each output row
+    cols = torch.arange(w).view(1, w) + dx.view(n, 1)
     valid = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
     rows, cols = rows.clamp(0, h - 1).to(x.device), cols.clamp(0, w - 1).to(x.device)
     gathered = x[torch.arange(n, device=x.device).view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]

@@ -36,12 +36,26 @@ class _Section(_Readable):
     model_config = ConfigDict(strict=True, extra="allow")
 
 
+class SelectedOnTest(_Section):
+    """The official RaT-BPTT code's number: the best step budget (and distillation checkpoint)
+    chosen *on the test set*. "as published: test-selected upper bound": never the accuracy."""
+
+    accuracy_mean: float = Accuracy
+    accuracy_std: float = Field(ge=0.0)
+    accuracy_per_model: list[float]
+    budget: int = Field(ge=1)  # evaluation steps
+    at_outer_step: int | None = None  # the checkpoint (outer steps done) it was measured at
+    checkpoints: int | None = None  # evaluations of the set it was the best of
+    label: Literal["as published: test-selected upper bound"]
+
+
 class EvalSection(_Section):
     protocol: dict[str, Any]
     accuracy_mean: float | None  # None only for a run that did not finish (status != "ok")
     accuracy_std: float | None
     accuracy_per_model: list[float]
     details: dict[str, Any] = {}  # what the protocol selected and on what (a budget, an lr), per-budget results
+    test_selected: SelectedOnTest | None = None  # a protocol with budgets (ratbptt): beside accuracy_mean, never it
 
 
 class DistillSection(_Section):
@@ -128,6 +142,12 @@ class ScoresSection(_Section):
     ior: float | None = None
     lrs: float | None = None
     ars: float | None = None
+    label_kind: Literal["hard", "soft"] | None = None  # the set's labels; its random baseline gets the same kind
+    full_data_epochs: int | None = Field(None, ge=1)  # the full-data networks' training (None in early records)
+    full_data_accuracy: float | None = Field(None, ge=0.0, le=1.0)  # their mean final test accuracy (HLR's)
+    full_data_cache: str | None = None  # its cache file, relative to the cache dir (early records: absolute)
+    full_data: dict[str, Any] = {}  # models, per-model accuracies, recipe, DD-Ranking's test-selected maximum
+    baselines: dict[str, Any] = {}  # each random baseline: accuracy, lr and how it was selected, cache file
 
 
 class AnytimePoint(_Section):
@@ -136,6 +156,9 @@ class AnytimePoint(_Section):
     accuracy_mean: float
     accuracy_std: float
     accuracy_per_model: list[float]
+    # A protocol with budgets (ratbptt): each budget's {steps, validation_accuracy,
+    # test_accuracy, test_accuracy_per_model}, for the test-selected maximum over checkpoints.
+    budgets: list[dict[str, Any]] | None = None
 
 
 class AnytimeSection(_Section):

@@ -35,7 +35,7 @@ from harness.engine.memory import PeakMemory
 from harness.evaluation import ANALYSES, AnalysisContext, evaluate
 from harness.method import DistillTask, method_class
 from harness.report import read_record, record_stem, write_record
-from harness.run.anytime import AnytimeCurve
+from harness.run.anytime import AnytimeCurve, best_on_test_over_checkpoints
 from harness.run.interrupt import StopRequested, stop_on_signals
 from harness.run.progress import INNER_AFTER_S, CellProgress, budget_warning, human_seconds, say
 from harness.run.recording import build_record, distill_section, json_safe, now_iso
@@ -318,6 +318,8 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
     evaluation = {"protocol": cell.eval.model_dump(mode="json"), "accuracy_mean": result.accuracy_mean,
                   "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model,
                   "details": json_safe(result.details)}
+    if (best := best_on_test_over_checkpoints(result, cell.eval, steps_done, curve)) is not None:
+        evaluation["test_selected"] = best  # "as published: test-selected upper bound", beside accuracy_mean
     if curve.cfg is not None:
         sections["anytime"] = curve.section()
     record = build_record(cell, status="ok", eval_section=evaluation, distill=section(), sections=sections,

@@ -1,9 +1,10 @@
 """Evaluation protocols (see :mod:`.base`); the built-in ones are in :mod:`.builtin`."""
 
-from harness.evaluation.protocols.base import (PROTOCOLS, AnyProtocol, EvalResult, Protocol, ProtocolConfig,
-                                               TrainRecipe, check_learned_lr, correct_on, evaluate, new_network,
-                                               protocol_config, register_protocol, test_correct, train_network)
+from harness.evaluation.protocols.base import (PROTOCOLS, TEST_SELECTED_LABEL, AnyProtocol, EvalResult, Protocol,
+                                               ProtocolConfig, TrainRecipe, best_on_test, check_learned_lr,
+                                               class_sampled_rows, correct_on, evaluate, new_network, protocol_config,
+                                               register_protocol, test_correct, train_network)
 
-__all__ = ["PROTOCOLS", "AnyProtocol", "EvalResult", "Protocol", "ProtocolConfig", "TrainRecipe",
-           "check_learned_lr", "correct_on", "evaluate", "new_network", "protocol_config", "register_protocol",
-           "test_correct", "train_network"]
+__all__ = ["PROTOCOLS", "TEST_SELECTED_LABEL", "AnyProtocol", "EvalResult", "Protocol", "ProtocolConfig",
+           "TrainRecipe", "best_on_test", "check_learned_lr", "class_sampled_rows", "correct_on", "evaluate",
+           "new_network", "protocol_config", "register_protocol", "test_correct", "train_network"]
