@@ -42,7 +42,10 @@ def make_task(data, ipc, steps, seed=0) -> DistillTask:
 
 
 def boost(**cfg):
+    """A Boost-DD method; the block mechanics below are checked on the split budget (a few outer
+    steps cover every block), the default per-block budget by its own tests."""
     cfg.setdefault("base_config", BASE)
+    cfg.setdefault("budget", "split")
     return create_method("boost_dd", **cfg)
 
 
@@ -163,6 +166,14 @@ def test_learned_inner_lr_carries_over_to_the_next_block(toy):
 
 
 # ---------------------------------------------------------------------------------- budget
+
+
+def test_default_budget_is_a_full_run_per_block_as_the_paper(toy):
+    """The paper distils every block as a run of its own: K blocks cost K direct runs."""
+    m = create_method("boost_dd", block_ipc=1, base_config=BASE)
+    task = make_task(toy, ipc=3, steps=5)
+    assert m.config.budget == "per_block"
+    assert m.block_steps(task) == [5, 5, 5] and m.outer_steps(task) == 15
 
 
 def test_budget_split_and_per_block(toy):
@@ -287,6 +298,7 @@ window = 2
 [methods.boost_dd]
 block_ipc = 1
 beta = 0.1
+budget = "split"
 base_config = { unroll = 4, window = 2 }
 """
 
@@ -361,7 +373,7 @@ def test_a_base_that_cannot_hold_rows_fixed_is_refused_before_any_work(tmp_path)
 
 
 def test_summary_keeps_the_base_methods_summary(toy):
-    method = create_method("boost_dd", blocks=2, base="at_bptt",
+    method = create_method("boost_dd", blocks=2, base="at_bptt", budget="split",
                            base_config={"unroll": 4, "window": 2, "window_delta": 1, "real_batch": 32})
     method.setup(make_task(toy, ipc=2, steps=2))
     for step in range(2):
