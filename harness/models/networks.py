@@ -70,6 +70,11 @@ class ConvNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the classifier reads (the last block's output, flattened): the DC/DSA/DM
+        ConvNet's ``embed``."""
+        return self.features(x).flatten(1)
+
 
 def resnet18(channels: int, num_classes: int, size: int) -> nn.Module:
     """torchvision's ResNet-18, with the usual small-image stem (3x3 stride-1 conv, no max pool)."""
@@ -80,6 +85,18 @@ def resnet18(channels: int, num_classes: int, size: int) -> nn.Module:
     elif channels != 3:
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
     return net
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The features ``model``'s final linear layer reads: a ConvNet's :meth:`ConvNet.embed`, a
+    torchvision ResNet's pooled features (everything but ``fc``)."""
+    if isinstance(model, ConvNet):
+        return model.embed(x)
+    if isinstance(model, torchvision.models.ResNet):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+        return torch.flatten(model.avgpool(x), 1)
+    raise TypeError(f"no embedding is defined for a {type(model).__name__}")
 
 
 def create_model(cfg: ModelConfig, image_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
