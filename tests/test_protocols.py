@@ -216,6 +216,11 @@ def test_saved_sets_are_evaluated_again_under_another_protocol_and_network(write
         assert e.record_file == path.name and (e.method, e.ipc, e.seed) == (run.method, run.ipc, run.seed)
         if e.eval.protocol["protocol"] == "ratbptt":
             assert e.validation["size"] == 100 and e.eval.details["selected_budget"] in (2, 4)
+            best = max(e.eval.details["budgets"], key=lambda b: b["test_accuracy"])  # the official number, apart
+            assert e.eval.test_selected.accuracy_mean == pytest.approx(best["test_accuracy"])
+            assert e.eval.test_selected.label == "as published: test-selected upper bound"
+        else:
+            assert e.eval.test_selected is None  # no budgets, nothing selected on the test set
     code, again, _ = cli("eval", out, "--protocol", "standard", "--model", "resnet18", "--set", "models=1",
                          "--set", "steps=2")
     assert code == 0 and len([e for _, e in iter_eval_records(out)]) == 4  # done already: nothing new

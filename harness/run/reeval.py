@@ -87,7 +87,9 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
             "model": net.model_dump(mode="json"), "validation": validation,
             "eval": {"protocol": cfg.model_dump(mode="json"), "accuracy_mean": result.accuracy_mean,
                      "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model,
-                     "details": json_safe(result.details)},
+                     "details": json_safe(result.details),
+                     # over the budgets of this one evaluation (no checkpoints here)
+                     **({"test_selected": json_safe(result.test_selected)} if result.test_selected else {})},
             **environment(device, data.train_x.dtype, busy), "started_at": started, "finished_at": now_iso()})
         write_record(out, evaluation)
         say(f"{record.dataset} ipc{record.ipc} {record.method} s{record.seed}: {cfg.protocol} on {net.name}: "
