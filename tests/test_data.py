@@ -519,3 +519,30 @@ def test_cub200_subset(cub_parent):
         assert splits.preprocessing["resize"]["size"] == [32, 32]
     smaller = load_dataset(_cfg(name="cub200", root=str(cub_parent), image_size=16))
     assert smaller.image_shape == (3, 16, 16)
+
+
+def test_loading_never_writes_into_the_loaders_tensors_and_normalizes_as_before():
+    """The splits are normalized in place to save memory (ImageNet-1K): a loader's own tensors,
+    which may be cached, are left as they were, and the numbers are those of ``(x - mean) / std``."""
+    from harness.data.config import RawSplits
+    from harness.data.preprocess import Normalize, to_unit_float
+    from harness.data.registry import DATASETS, DatasetSource
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(60, 1, 4, 4, generator=gen)
+    y = torch.arange(60) % 3
+    kept = x.clone()
+
+    class Cached(DatasetSource):
+        reads_files = False
+
+        def load(self, cfg, root):
+            return RawSplits(x, y, x[:9], y[:9], ("a", "b", "c"))
+
+    with DATASETS.scoped():
+        DATASETS.register("cached_floats", Cached)
+        data = load_dataset(DataConfig(name="cached_floats", normalize=True, validation_size=6))
+    assert torch.equal(x, kept)
+    norm = Normalize(torch.tensor(data.preprocessing["normalize"]["mean"]),
+                     torch.tensor(data.preprocessing["normalize"]["std"]))
+    assert torch.equal(data.test_x, norm(to_unit_float(x[:9])))

@@ -38,6 +38,10 @@ class Normalize:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
+    def apply_(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__` in place (the same numbers): no second copy of a large split."""
+        return x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
+
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std.view(1, -1, 1, 1).to(x) + self.mean.view(1, -1, 1, 1).to(x)
 
@@ -102,7 +106,9 @@ def _row_chunks(x: torch.Tensor, rows: int = 4096):
 
 
 def to_unit_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+    """A new float32 tensor in [0, 1] (never ``x`` itself: a loader's tensor may be cached, and the
+    result is normalized in place)."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
