@@ -1,52 +1,76 @@
 """AT-BPTT (Li et al., "Beyond Random: Automatic Inner-Loop Optimization in Dataset
 Distillation", NeurIPS 2025, arXiv 2510.04838): truncation that follows the inner network's
-learning dynamics instead of RaT-BPTT's uniform draw. Every component can be switched off.
+learning dynamics instead of RaT-BPTT's uniform draw. By default it runs as the public code
+behind the paper (GH209515338/AT-BPTT: ``framework/base.py``, ``framework/distill_higher.py``,
+the README's CIFAR-10 IPC 10 command); each deviation is listed below, each ddbench
+alternative is a named option.
 
-1. **Gradient-norm probe.** ``||g_t||``, the inner loss's gradient norm at step t, comes for
-   free from every trajectory the engine runs (``MetaGradient.grad_norms``); a table over
-   t in [0, T) keeps the latest value of each step (refreshed every ``probe_every`` outer
-   steps). Steps never visited yet, and every ``full_probe_every`` outer steps all steps, are
-   filled by a plain T-step trajectory without a graph.
-2. **Three stages, one support.** The window start t is drawn with the paper's
-   P(t) ~ exp(+g^_t / tau) early (where the network learns fast), uniformly in the middle, and
-   P(t) ~ exp(-g^_t / tau) late, where g^_t = ||g_t|| / mean_s ||g_s||. *Deviation:* the paper
-   uses the raw norm; divided by its mean, tau means the same on every dataset and network
-   (with raw CIFAR-size norms tau = 1 is an argmax). The paper leaves open how the start and
-   the adaptive window W*(t) fit together; here every stage draws t only among the starts
-   whose own window fits, S = {t in [0, T) : t + W*(t) <= T}, renormalised there, and trains
-   exactly W*(t) steps from t (N = t + W*(t)): the window belongs to the step it starts at,
-   and no start is piled up by clamping. With the adaptive window off, S = [0, T - W] and the
-   middle stage is exactly RaT-BPTT's draw (N ~ U[W, T]).
-3. **Stage switch.** The stage moves forward when the epoch's accuracy gains less than
-   ``gain_threshold`` points for ``patience_fraction`` of the epochs in a row (``>=``: the
-   public code compares an int counter with a float by ``==`` and never switches for some T),
-   or at outer-step fractions (``stage_switch = "steps"``). ``stage_signal = "probe"`` (default)
-   measures the epoch's accuracy once per epoch on a network trained the full T inner steps
-   (the probe trajectory, which also refreshes the norm table), so the signal does not depend
-   on the unroll lengths the current stage itself draws; ``"outer"`` averages the outer steps'
-   own accuracies as the public code does.
-4. **Adaptive window.** W*(t) = W - d + 2 d eta(t), rounded and clamped to [1, T], where
-   eta(t) in [0, 1] grows with the gradient-norm change D_t = | ||g_t|| - ||g_{t-1}|| |
-   (D_0 = 0): ``window_eta = "softmax"`` takes p = softmax(D / (tau_w mean(D))) min-max scaled
-   to [0, 1] (the paper's softmax with temperature, made scale-free); ``"rank"`` takes
-   rank(D_t) / T as the public code does.
-5. **Low-rank Hessian** (``low_rank_hessian``, recompute mode; an ablation, **off by
-   default**). In the reverse pass the exact Hessian-vector product H_t v of the inner loss is
-   replaced by a rank-k randomized eigen-approximation built from exact HVPs
-   (``harness.engine.lowrank.LowRankCurvature``); the optimizer's Jacobians and the mixed term
-   d^2 L_t / dtheta dx stay exact. Why off: ddbench's recompute mode already keeps memory flat
-   in the window (the paper's 63% saving is against RaT-BPTT run with ``higher``'s full graph),
-   and the exact H_t v costs nothing extra there: it comes out of the same double backward
-   pass that the mixed term (without which the data get no gradient) needs at every step. The
-   approximation can only add (k + p)(q + 2) HVPs per build and keep CUDA graphs from
-   capturing the reverse step; ``benchmarks/unroll.py`` measures it.
-6. **Patch-wise semantic preservation** (``patch_semantic``, off by default, images of 64x64
-   and above): lambda x the global and per-patch prototype distance of
-   ``harness.method.prototypes`` (n x n grid, the inner network at the end of the unroll) is
-   added to the outer loss; its gradient in the images joins the meta-gradient.
+**The public code.** T = ``unroll`` (``--totwindow``), W = ``window``, d = ``window_delta``.
 
-Defaults: CIFAR-10 IPC 10 of the public code's README (W = 40, T = 200, d = 10, inner and
-outer Adam at 1e-3, real batch 5000).
+1. *Epochs.* An epoch is one pass of the real-data loader at the real batch (10 outer steps on
+   CIFAR-10 at 5000). One (start, window) is drawn when an epoch begins; all its outer steps
+   use it.
+2. *Probe.* Early and late epochs begin with a plain T-step training of a fresh network on the
+   synthetic set: ``||g_t||``, the norm of the inner loss's gradient at step t.
+3. *Start and window.* Early: s ~ softmax(||g_s||) (raw norms), W* = int(W - d + 2 d eta) with
+   eta = rank(D_s) / T, D_t = | ||g_t|| - ||g_{t-1}|| | (D_0 = 0) and rank = the position of
+   D_s in the ascending sort (ties: the first), then the start clamped to T - W*. Middle:
+   W + d, the start uniform over [0, T - W - d]. Late: W - d; s ~ softmax(||g_s||) and the
+   window *ends* s steps before T (start = T - s - (W - d)).
+4. *Stages.* The signal is the epoch's mean outer (real-batch) training accuracy in points,
+   rounded to 2 decimals; the gain is this epoch's minus the previous epoch's (0 before the
+   first). A counter of consecutive epochs with gain < 1.5 moves early -> middle when it
+   reaches 0.15 T; another, of epochs with gain < 1.0, middle -> late at 0.125 T. An epoch at or
+   above the threshold resets its counter. The code tests stage 1 then stage 2 in the same
+   epoch, so the epoch of the first switch also counts for the second. The patience is a
+   fraction of T (``args.totwindow``), not of the run's epochs (``--epoch 60000``).
+
+**What ddbench does differently.**
+
+a. ``>=`` where the public code compares its int counter with the float fraction x T by
+   ``==``: that fires only when fraction x T is whole (at T = 300, the README's CIFAR-100 and
+   Tiny-ImageNet commands, 0.125 T = 37.5: the late stage is never reached; at T = 30 neither
+   switch fires). The patience is ceil(fraction x T) epochs: 30 and 25 at T = 200, where the
+   public ``==`` fires at the same epochs.
+b. A start and its window always fit in [0, T]: every stage draws only among the starts
+   whose own window fits, S = {t : t + W*(t) <= T}, renormalised there, and trains exactly
+   W*(t) steps from t. The public code clamps an early start to T - W* (the window of the
+   drawn position then lies elsewhere) and lets a late start fall below 0 (its forward then
+   runs no prefix: start 0); both pile the draws of the cut-off positions on one start.
+c. The signal is the plain mean of the epoch's outer accuracies; the public code averages the
+   running batch-weighted mean at its print points (every 10 steps): the same with 10 equal
+   batches per epoch (CIFAR-10, one GPU; under 10 steps it divides by zero).
+d. ``steps_per_epoch`` defaults to ceil(N_train / real_batch), the public one-GPU epoch (with
+   ``--mp_distributed`` on k GPUs each process passes over the whole set at batch / k: k times
+   the steps); the real batch is drawn at random each step, as in every ddbench method. The K
+   trajectories of ``engine.trajectories`` share the epoch's draw (as the public code's GPUs
+   share rank 0's). The probe and the draw have their own random streams.
+
+**Options** (ddbench's; none is on by default). ``stage_signal = "probe"``: the accuracy of a
+network trained the full T steps (the probe), once per epoch, so the signal does not depend
+on the windows the stage itself draws. ``stage_switch = "steps"``: switches at fractions
+``stage_boundaries`` of the outer steps. ``patience_of = "epochs"``: the fractions of E, the
+run's epochs (``epochs``, default outer_steps / steps_per_epoch; required in a run bounded by
+minutes). ``gain_threshold`` / ``patience_fraction`` take one value for both switches.
+``window_eta = "softmax"``: eta = softmax(D / (tau_w mean D)) min-max scaled to [0, 1] (the
+paper's softmax with temperature, made scale-free). ``start_norms = "mean"``: the norms divided
+by their mean before the softmax, so ``tau`` means the same on every dataset (raw CIFAR-size
+norms at tau = 1 draw nearly the argmax). ``late_start = "inverse"``: P(t) ~ exp(-g_t / tau)
+late (ddbench's earlier reading of the paper). ``draw_every = "step"``: a fresh draw every outer
+step from a norm table that every trajectory refreshes for free (``probe_every``), a probe
+filling its gaps and, every ``full_probe_every`` steps, all of it. ``stages = false``: the
+middle stage throughout; with ``adaptive_window = false`` too, RaT-BPTT's draw (N ~ U[W, T]).
+
+**Low-rank Hessian** (``low_rank_hessian``, recompute mode, off by default): the reverse pass's
+exact H_t v replaced by a rank-k randomized eigen-approximation (``LowRankCurvature``; the
+optimizer's Jacobians and the mixed term stay exact). Off because the recompute mode already
+keeps memory flat in the window (the paper's 63% saving is against ``higher``'s full graph) and
+the exact H_t v comes out of the double backward the mixed term needs anyway (README).
+**Patch-wise semantic preservation** (``patch_semantic``, off by default, 64x64 and above):
+lambda x the prototype distance of ``harness.method.prototypes``, added to the outer loss.
+
+Defaults: the README's CIFAR-10 IPC 10 command (W = 40, T = 200, d = 10, inner and outer Adam
+at 1e-3, real batch 5000).
 """
 
 from __future__ import annotations
@@ -58,10 +82,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness import (EngineConfig, MetaGradient, Stream, UnrollConfig, UnrolledMethod, check_window, register_method,
                      step_seed, uniform_unroll)
+from harness.core.errors import ConfigError
+from harness.core.rng import seed_from
 from harness.engine import accuracy, plain_trajectory
 from harness.engine.lowrank import LowRankCurvature
 from harness.method.prototypes import prototype_loss
@@ -76,23 +102,28 @@ class ATBPTTConfig(UnrollConfig):
     window: int = 40  # W
     window_delta: int = 10  # d
     engine: EngineConfig = EngineConfig(mode="recompute")
-    # 1. probe
-    probe_every: int = 1
-    full_probe_every: int | None = None
-    # 2-3. stages
+    # the draw and its gradient norms (docstring 1-3)
+    draw_every: Literal["epoch", "step"] = "epoch"
+    start_norms: Literal["raw", "mean"] = "raw"
+    tau: float = 1.0
+    late_start: Literal["mirrored", "inverse"] = "mirrored"
+    probe_every: int = 1  # draw_every = "step" only
+    full_probe_every: int | None = None  # draw_every = "step" only
+    # stages (docstring 4)
     stages: bool = True
-    tau: float = 1.0  # on norms divided by their mean
     stage_switch: Literal["accuracy", "steps"] = "accuracy"
-    stage_signal: Literal["probe", "outer"] = "probe"
-    gain_threshold: float = 1.5  # accuracy points
-    patience_fraction: float = 0.05  # of the outer epochs
+    stage_signal: Literal["outer", "probe"] = "outer"
+    gain_threshold: tuple[float, float] = (1.5, 1.0)  # accuracy points: early -> middle, middle -> late
+    patience_fraction: tuple[float, float] = (0.15, 0.125)  # of T (or of E: patience_of = "epochs")
+    patience_of: Literal["unroll", "epochs"] = "unroll"
+    epochs: int | None = Field(None, description="E for patience_of = 'epochs'; None = outer_steps / steps_per_epoch")
     steps_per_epoch: int | None = Field(None, description="outer steps per epoch; None = one pass over the real data")
     stage_boundaries: tuple[float, float] = (1 / 3, 2 / 3)  # fractions of the outer steps (stage_switch="steps")
-    # 4. adaptive window
+    # the early stage's adaptive window (docstring 3)
     adaptive_window: bool = True
-    window_eta: Literal["softmax", "rank"] = "softmax"
+    window_eta: Literal["rank", "softmax"] = "rank"
     window_tau: float = 1.0
-    # 5. low-rank Hessian (an ablation: see the module docstring)
+    # low-rank Hessian (an ablation: see the module docstring)
     low_rank_hessian: bool = False
     hessian_rank: int = 10
     hessian_oversample: int = 5
@@ -100,26 +131,34 @@ class ATBPTTConfig(UnrollConfig):
     hessian_refresh: int = 1  # every outer step trains a fresh network: rebuilt per window by default
     hessian_drift: float | None = None
     hessian_scope: Literal["window", "step"] = "window"
-    # 6. patch-wise semantic preservation (high resolution)
+    # patch-wise semantic preservation (high resolution)
     patch_semantic: bool = False
     patch_grid: int = 4  # n: an n x n grid of patches
     patch_weight: float = 0.1  # lambda
     patch_real_batch: int = 256  # real images of the prototypes per outer step
+
+    @field_validator("gain_threshold", "patience_fraction", mode="before")
+    @classmethod
+    def _one_for_both(cls, value):
+        return (value, value) if isinstance(value, (int, float)) else value
 
     @model_validator(mode="after")
     def _check(self) -> "ATBPTTConfig":
         check_window(self.window, self.unroll)
         if self.adaptive_window and not 0 <= self.window_delta < self.window:
             raise ValueError(f"window_delta must be in [0, window), got {self.window_delta}")
-        for name in ("probe_every", "hessian_rank", "hessian_refresh", "patch_grid", "patch_real_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("full_probe_every", "steps_per_epoch"):
+        if self.adaptive_window and self.window + self.window_delta > self.unroll:
+            raise ValueError(f"window_delta must be <= unroll - window (the middle stage's window W + d must fit "
+                             f"in T), got {self.window} + {self.window_delta} > {self.unroll}")
+        for name in ("probe_every", "hessian_rank", "hessian_refresh", "patch_grid", "patch_real_batch",
+                     "full_probe_every", "steps_per_epoch", "epochs"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("tau", "window_tau", "patience_fraction", "patch_weight"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        positive = {"tau": self.tau, "window_tau": self.window_tau, "patch_weight": self.patch_weight,
+                    "patience_fraction": min(self.patience_fraction)}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         if self.hessian_oversample < 0 or self.hessian_power_iters < 0:
             raise ValueError("hessian_oversample and hessian_power_iters must be >= 0")
         a, b = self.stage_boundaries
@@ -133,29 +172,43 @@ class ATBPTTConfig(UnrollConfig):
         return self
 
 
-# --------------------------------------------------------------------------- samplers (pure)
+# --------------------------------------------------------------------------- the draw (pure)
 
 
-def position_probs(norms: torch.Tensor, stage: int, tau: float, fits: torch.Tensor | None = None) -> torch.Tensor:
-    """P(window start = t) over t in [0, len(norms)): exp(+-g^_t / tau) with g^ = norms / mean(norms),
-    or uniform; zero where ``fits`` (a bool mask of starts whose window fits) is False, renormalised."""
+def stage_window(stage: int, cfg: ATBPTTConfig) -> int:
+    """The window of the middle (W + d) and late (W - d) stages; W without the adaptive window."""
+    if not cfg.adaptive_window:
+        return cfg.window
+    return cfg.window + cfg.window_delta if stage == MIDDLE else cfg.window - cfg.window_delta
+
+
+def position_probs(norms: torch.Tensor, stage: int, tau: float = 1.0, fits: torch.Tensor | None = None, *,
+                   scale: str = "raw", late: str = "mirrored", late_window: int = 1) -> torch.Tensor:
+    """P(window start = t) over t in [0, T), zero where ``fits`` (starts whose window fits) is False.
+    Early: exp(g_t / tau); middle: uniform; late ``"mirrored"`` (the public code): the window of
+    ``late_window`` steps ends s steps before T (start T - late_window - s), P(s) ~ exp(g_s / tau);
+    late ``"inverse"``: exp(-g_t / tau). g: the norms, divided by their mean if ``scale = "mean"``."""
     norms = norms.double()
     fits = torch.ones_like(norms, dtype=torch.bool) if fits is None else fits
+    if scale == "mean":
+        norms = norms / norms.mean() if norms.mean() > 0 else torch.zeros_like(norms)
+    logits = norms / tau
     if stage == MIDDLE:
         logits = torch.zeros_like(norms)
-    else:
-        scale = norms.mean()
-        scaled = norms / scale if scale > 0 else torch.zeros_like(norms)
-        logits = (scaled if stage == EARLY else -scaled) / tau
+    elif stage == LATE and late == "inverse":
+        logits = -logits
+    elif stage == LATE:  # start t <- s = T - late_window - t; starts beyond T - late_window do not fit
+        last = len(norms) - late_window
+        logits = torch.cat([logits[: last + 1].flip(0), logits.new_full((len(norms) - last - 1,), -math.inf)])
     return torch.softmax(logits.masked_fill(~fits, -math.inf), dim=0)
 
 
-def window_eta(norms: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
+def window_eta(norms: torch.Tensor, kind: str, tau: float = 1.0) -> torch.Tensor:
     """eta(t) in [0, 1] from the gradient-norm change D_t = | ||g_t|| - ||g_{t-1}|| | (D_0 = 0)."""
     norms = norms.double()
     change = torch.cat([norms.new_zeros(1), (norms[1:] - norms[:-1]).abs()])
-    if kind == "rank":  # the public code: position of D_t among the sorted changes, over T
-        return change.argsort().argsort().double() / len(change)
+    if kind == "rank":  # the public code: sorted(D).index(D_t) / T, the number of smaller changes
+        return (change[None, :] < change[:, None]).sum(1).double() / len(change)
     scale = change.mean()
     p = torch.softmax(change / (tau * scale) if scale > 0 else change, dim=0)
     spread = p.max() - p.min()
@@ -163,23 +216,31 @@ def window_eta(norms: torch.Tensor, kind: str, tau: float) -> torch.Tensor:
 
 
 def adaptive_window(eta: float, window: int, delta: int, unroll: int) -> int:
-    """W* = W - d + 2 d eta, rounded, clamped to [1, T]."""
-    return int(min(max(round(window - delta + 2 * delta * eta), 1), unroll))
+    """W* = int(W - d + 2 d eta) (truncated, in the public code's order of operations), clamped to [1, T]."""
+    return min(max(int(window - delta + 2 * delta * eta), 1), unroll)
 
 
-def window_sizes(norms: torch.Tensor, cfg: ATBPTTConfig) -> torch.Tensor:
-    """W*(t) for every start t (``cfg.window`` everywhere when the adaptive window is off)."""
-    if not cfg.adaptive_window:
-        return torch.full((len(norms),), cfg.window, dtype=torch.int64)
+def window_sizes(norms: torch.Tensor, stage: int, cfg: ATBPTTConfig) -> torch.Tensor:
+    """The window of a start at every t: W*(t) early, the stage's own window otherwise."""
+    if stage != EARLY or not cfg.adaptive_window:
+        return torch.full((len(norms),), stage_window(stage, cfg), dtype=torch.int64)
     eta = window_eta(norms, cfg.window_eta, cfg.window_tau)
     return torch.tensor([adaptive_window(float(e), cfg.window, cfg.window_delta, cfg.unroll) for e in eta])
 
 
 def start_distribution(norms: torch.Tensor, stage: int, cfg: ATBPTTConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(P(start = t), W*(t))`` over t in [0, T): P is zero outside the starts whose own window fits."""
-    windows = window_sizes(norms, cfg)
+    """``(P(start = t), window(t))`` over t in [0, T): P is zero outside the starts whose own window fits."""
+    windows = window_sizes(norms, stage, cfg)
     fits = torch.arange(len(norms)) + windows <= cfg.unroll
-    return position_probs(norms, stage, cfg.tau, fits), windows
+    probs = position_probs(norms, stage, cfg.tau, fits, scale=cfg.start_norms, late=cfg.late_start,
+                           late_window=stage_window(LATE, cfg))
+    return probs, windows
+
+
+def patience_epochs(fraction: float, base: int) -> int:
+    """ceil(fraction x base) epochs, at least 1 (``>=`` for the public code's ``==``; the rounding
+    first drops float noise such as 0.55 x 100 = 55.00000000000001)."""
+    return max(1, math.ceil(round(fraction * base, 9)))
 
 
 # --------------------------------------------------------------------------- stages
@@ -187,23 +248,36 @@ def start_distribution(norms: torch.Tensor, stage: int, cfg: ATBPTTConfig) -> tu
 
 @dataclass
 class StageTracker:
-    """The current stage; moves forward only (early -> middle -> late)."""
+    """The current stage, which moves forward only (early -> middle -> late), and the stage and
+    window of every outer step (run-length segments ``[start, stop, stage]``, stop exclusive)."""
 
     switch: str
     steps_per_epoch: int
-    threshold: float
-    patience: int  # epochs in a row below the threshold
+    thresholds: tuple[float, float]  # gain (points) below which an epoch counts: early, middle
+    patience: tuple[int, int]  # epochs in a row below the threshold: early, middle
     boundaries: tuple[int, int]  # outer steps of this run (switch="steps")
     stage: int = EARLY
     seen: int = 0  # outer steps observed: a run may number its steps from elsewhere (Boost-DD's blocks)
     epoch_accs: list[float] = field(default_factory=list)
-    last_epoch_acc: float | None = None
-    below: int = 0
+    last_epoch_acc: float = 0.0  # the public code's old_acc_average starts at 0
+    below: list[int] = field(default_factory=lambda: [0, 0])
     switched_at: list[int] = field(default_factory=list)
+    epoch_signal: list[float] = field(default_factory=list)  # every epoch's signal, points
+    segments: list[list[int]] = field(default_factory=list)
+    window_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
     def ends_epoch(self) -> bool:
         """Whether the next outer step is the last of an epoch."""
         return (self.seen + 1) % self.steps_per_epoch == 0
+
+    def log(self, step: int, stage: int, window: float) -> None:
+        """Outer step ``step`` ran in ``stage`` with (mean) window ``window``."""
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last[1] == step and last[2] == stage:
+            last[1] = step + 1
+        else:
+            self.segments.append([step, step + 1, stage])
+        self.window_sums[stage] += window
 
     def update(self, step: int, accuracy: float | None) -> None:
         """Outer step ``step`` is done; ``accuracy`` (in [0, 1]) is its signal, or None when it has
@@ -218,25 +292,38 @@ class StageTracker:
             self.epoch_accs.append(100 * accuracy)
         if self.seen % self.steps_per_epoch or not self.epoch_accs:
             return
-        epoch_acc = sum(self.epoch_accs) / len(self.epoch_accs)
+        epoch_acc = round(sum(self.epoch_accs) / len(self.epoch_accs), 2)
         self.epoch_accs = []
-        if self.last_epoch_acc is not None and self.stage < LATE:
-            self.below = self.below + 1 if epoch_acc - self.last_epoch_acc < self.threshold else 0
-            if self.below >= self.patience:
-                self._advance(step + 1)
+        self.epoch_signal.append(epoch_acc)
+        gain = epoch_acc - self.last_epoch_acc
+        for stage in (EARLY, MIDDLE):  # in this order within one epoch, as the public code
+            if self.stage == stage:
+                self.below[stage] = self.below[stage] + 1 if gain < self.thresholds[stage] else 0
+                if self.below[stage] >= self.patience[stage]:
+                    self._advance(step + 1)
         self.last_epoch_acc = epoch_acc
 
     def _advance(self, at_step: int) -> None:
         self.stage = min(self.stage + 1, LATE)
         self.switched_at.append(at_step)
-        self.below = 0
+
+    def summary(self) -> dict:
+        steps = [sum(stop - start for start, stop, s in self.segments if s == stage) for stage in range(3)]
+        total = max(1, sum(steps))
+        return {"stage_switched_at": list(self.switched_at),
+                "stage_segments": [[start, stop, STAGE_NAMES[s]] for start, stop, s in self.segments],
+                "stage_shares": {STAGE_NAMES[s]: round(n / total, 4) for s, n in enumerate(steps)},
+                "stage_mean_window": {STAGE_NAMES[s]: round(self.window_sums[s] / n, 3)
+                                      for s, n in enumerate(steps) if n},
+                "stage_patience_epochs": list(self.patience), "steps_per_epoch": self.steps_per_epoch,
+                "epoch_signal": list(self.epoch_signal)}
 
     def state_dict(self) -> dict:
-        return copy.deepcopy({k: getattr(self, k) for k in ("stage", "seen", "epoch_accs", "last_epoch_acc",
-                                                            "below", "switched_at")})
+        return copy.deepcopy({k: getattr(self, k) for k in ("stage", "seen", "epoch_accs", "last_epoch_acc", "below",
+                                                            "switched_at", "epoch_signal", "segments", "window_sums")})
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
+        for key, value in copy.deepcopy(state).items():
             setattr(self, key, value)
 
 
@@ -245,27 +332,34 @@ class StageTracker:
 
 @register_method("at_bptt")
 class ATBPTT(UnrolledMethod):
-    """Automatic truncated BPTT: stage-wise window position, adaptive window (low-rank Hessian optional)."""
+    """Automatic truncated BPTT: stage-wise window position and size (low-rank Hessian optional)."""
 
     Config = ATBPTTConfig
     tiny_config = {"unroll": 8, "window": 4, "window_delta": 1}
 
     def check(self, task, *, ipc=None, scaled_rows=False) -> None:
         super().check(task, ipc=ipc, scaled_rows=scaled_rows)
-        size = task.image_shape[-1]
-        if self.config.patch_semantic and size < 64:
+        cfg, size = self.config, task.image_shape[-1]
+        if cfg.patch_semantic and size < 64:
             raise ValueError(f"patch_semantic is for images of 64x64 and above, not {size}x{size}")
+        if not task.outer_steps and cfg.stages and cfg.stage_switch == "steps":
+            raise ConfigError("stage_switch = 'steps' needs a step count (budget.outer_steps); a run bounded "
+                              "by minutes switches on accuracy", field="stage_switch")
+        if not task.outer_steps and cfg.stages and cfg.patience_of == "epochs" and cfg.epochs is None:
+            raise ConfigError("patience_of = 'epochs' in a run bounded by minutes (no outer_steps): give E, "
+                              "the run's epochs", field="epochs")
 
     def setup(self, task, initial=None, update_scale=None) -> None:
         super().setup(task, initial, update_scale)
         cfg = self.config
         per_epoch = cfg.steps_per_epoch or max(1, math.ceil(task.data.train_x.shape[0] / cfg.real_batch))
-        epochs = max(1, math.ceil(task.outer_steps / per_epoch))
+        base = cfg.unroll if cfg.patience_of == "unroll" else cfg.epochs or math.ceil(task.outer_steps / per_epoch)
         self.tracker = StageTracker(
-            switch=cfg.stage_switch, steps_per_epoch=per_epoch,
-            threshold=cfg.gain_threshold, patience=max(1, math.ceil(cfg.patience_fraction * epochs)),
+            switch=cfg.stage_switch, steps_per_epoch=per_epoch, thresholds=cfg.gain_threshold,
+            patience=tuple(patience_epochs(f, base) for f in cfg.patience_fraction),
             boundaries=tuple(round(f * task.outer_steps) for f in cfg.stage_boundaries))
         self.norms = torch.full((cfg.unroll,), float("nan"), dtype=torch.float64)
+        self.epoch_draw: list[int] | None = None  # [epoch, stage, start, window] (draw_every = "epoch")
         self.starts: collections.Counter = collections.Counter()  # start -> draws, for the record
         self.hessian = None
         if cfg.low_rank_hessian:
@@ -277,21 +371,35 @@ class ATBPTT(UnrolledMethod):
         return self.tracker.stage if self.config.stages else MIDDLE
 
     def plan(self, step: int, gen: torch.Generator) -> tuple[int, int]:
-        cfg, stage = self.config, self.stage()
-        if stage == MIDDLE and not cfg.adaptive_window:
-            # Uniform over [0, T - W]: RaT-BPTT's own draw, so with every switch off the two
-            # methods make the same draws.
-            n_steps = uniform_unroll(cfg.window, cfg.unroll, gen)
-            start, window = n_steps - cfg.window, cfg.window
-        else:
-            self._ensure_probe(step)
-            probs, windows = start_distribution(self.norms, stage, cfg)
-            start = int(torch.multinomial(probs, 1, generator=gen))
-            window = int(windows[start])
+        if self.config.draw_every == "step":
+            start, window = self._draw_window(step, gen, fresh_probe=False)
+        else:  # one draw per epoch (and per stage, should a step-fraction switch fall inside an epoch)
+            key = [self.tracker.seen // self.tracker.steps_per_epoch, self.stage()]
+            if self.epoch_draw is None or self.epoch_draw[:2] != key:
+                # Its own stream, so that a step's other draws (from ``gen``) do not depend on
+                # whether the epoch's draw was made at this call.
+                own = torch.Generator().manual_seed(seed_from(self.task.seed, step, Stream.PROBE, 1))
+                self.epoch_draw = key + list(self._draw_window(step, own, fresh_probe=True))
+            start, window = self.epoch_draw[2:]
         self.starts[start] += 1
         return start + window, window
 
-    def _probe(self, step: int) -> tuple[torch.Tensor, tuple]:
+    def _draw_window(self, step: int, gen: torch.Generator, fresh_probe: bool) -> tuple[int, int]:
+        """``(start, window)`` in the current stage. The middle stage needs no norms: with the
+        adaptive window off this is RaT-BPTT's own draw, N ~ U[W, T]."""
+        cfg, stage = self.config, self.stage()
+        if stage == MIDDLE:
+            window = stage_window(MIDDLE, cfg)
+            return uniform_unroll(window, cfg.unroll, gen) - window, window
+        if fresh_probe:
+            self._probe(step)
+        else:
+            self._ensure_probe(step)
+        probs, windows = start_distribution(self.norms, stage, cfg)
+        start = int(torch.multinomial(probs, 1, generator=gen))
+        return start, int(windows[start])
+
+    def _probe(self, step: int) -> tuple[torch.Generator, tuple]:
         """A plain T-step trajectory from a fresh init (its own streams): norms and final parameters."""
         gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, Stream.PROBE))
         reinitialize(self.model.module, step_seed(self.task.seed, step, Stream.PROBE_INIT))
@@ -302,14 +410,14 @@ class ATBPTT(UnrolledMethod):
         return gen, final
 
     def _ensure_probe(self, step: int) -> None:
-        """Fill the gradient-norm table with a probe trajectory when it has gaps or is due."""
+        """draw_every = "step": probe when the norm table has gaps or a full probe is due."""
         cfg = self.config
         due = cfg.full_probe_every is not None and step % cfg.full_probe_every == 0
         if due or torch.isnan(self.norms).any():
             self._probe(step)
 
     def _probe_accuracy(self, step: int) -> float:
-        """The stage signal: real-batch accuracy of a network trained the full T steps (norms refreshed too)."""
+        """stage_signal = "probe": real-batch accuracy of a network trained the full T steps (norms refreshed too)."""
         gen, final = self._probe(step)
         data = self.task.data
         idx = torch.randperm(data.train_x.shape[0], generator=gen)[: self.config.real_batch].to(data.train_x.device)
@@ -342,18 +450,21 @@ class ATBPTT(UnrolledMethod):
         return float(loss.detach())
 
     def observe(self, step: int, result: MetaGradient) -> dict[str, float]:
+        cfg = self.config
         norms = self.longest_trajectory_norms(result)
-        if step % self.config.probe_every == 0:
-            self.norms[:len(norms)] = norms.double().cpu()  # the free probe
+        if step % cfg.probe_every == 0:
+            self.norms[:len(norms)] = norms.double().cpu()  # the free probe (draw_every = "step")
         stage = self.stage()
-        if self.config.stage_signal == "outer":
+        windows = self.step_plan.windows
+        self.tracker.log(step, stage, sum(windows) / len(windows))
+        if cfg.stage_signal == "outer":
             signal = float(result.outer_accuracy)
         else:  # once per epoch, from a full-length trajectory (only when the stages switch on accuracy)
-            wanted = self.config.stages and self.config.stage_switch == "accuracy" and self.tracker.ends_epoch()
+            wanted = cfg.stages and cfg.stage_switch == "accuracy" and self.tracker.ends_epoch()
             signal = self._probe_accuracy(step) if wanted else None
         self.tracker.update(step, signal)
         metrics = {"stage": stage}
-        if signal is not None and self.config.stage_signal == "probe":
+        if signal is not None and cfg.stage_signal == "probe":
             metrics["probe_accuracy"] = signal
         if self.hessian is not None:
             metrics["hessian_builds"] = self.hessian.builds
@@ -362,8 +473,7 @@ class ATBPTT(UnrolledMethod):
         return metrics
 
     def summary(self) -> dict:
-        out = {"stage_switched_at": list(self.tracker.switched_at), "final_stage": STAGE_NAMES[self.stage()],
-               "stage_patience_epochs": self.tracker.patience, "steps_per_epoch": self.tracker.steps_per_epoch,
+        out = {**self.tracker.summary(), "final_stage": STAGE_NAMES[self.stage()],
                "start_histogram": {str(k): v for k, v in sorted(self.starts.items())}}
         if self.hessian is not None:
             out["hessian_builds"] = self.hessian.builds
@@ -372,7 +482,7 @@ class ATBPTT(UnrolledMethod):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["at_bptt"] = {"tracker": self.tracker.state_dict(), "norms": self.norms.clone(),
-                            "starts": dict(self.starts),
+                            "epoch_draw": copy.copy(self.epoch_draw), "starts": dict(self.starts),
                             "hessian": None if self.hessian is None else self.hessian.state_dict()}
         return state
 
@@ -381,6 +491,7 @@ class ATBPTT(UnrolledMethod):
         own = state["at_bptt"]
         self.tracker.load_state_dict(own["tracker"])
         self.norms = own["norms"].clone()
+        self.epoch_draw = copy.copy(own["epoch_draw"])
         self.starts = collections.Counter(own["starts"])
         if self.hessian is not None:
             self.hessian.load_state_dict(own["hessian"], self.task.device)

@@ -164,7 +164,8 @@ def test_smoke_suite_end_to_end(write_suite, cli, tmp_path):
 RESUME_CONFIGS = {
     "tbptt": {"unroll": 4, "window": 2},
     "rat_bptt": {"unroll": 4, "window": 2},
-    # Every piece of AT-BPTT's state: stage tracker (probe signal), norms, the low-rank Hessian and its drift.
+    # Every piece of AT-BPTT's state: stage tracker (the outer-accuracy signal), the epoch's draw, norms, the
+    # low-rank Hessian and its drift.
     "at_bptt": {"unroll": 6, "window": 3, "window_delta": 1, "steps_per_epoch": 2, "gain_threshold": 100.0,
                 "patience_fraction": 0.3, "low_rank_hessian": True, "hessian_rank": 2, "hessian_refresh": 3,
                 "hessian_drift": 0.3},
