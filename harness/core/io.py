@@ -1,4 +1,4 @@
-"""The one way ddbench writes a file, and where it caches things.
+"""The one way ddbench writes a file, and where it caches things (and how a record names a cached file).
 
 :func:`atomic_write` fills a temp file in the target's folder, fsyncs it and renames it over
 the target: a crash, a full disk or a kill leaves either the old file or the new one, never
@@ -8,11 +8,13 @@ half of one, and the result gets the mode any new file would get (the umask), no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from harness.core.errors import StorageError
 
@@ -92,3 +94,37 @@ def current_umask() -> int:
 def cache_dir(*parts: str) -> Path:
     """``$DDBENCH_CACHE`` (default ``~/.cache/ddbench``), joined with ``parts``."""
     return Path(os.environ.get("DDBENCH_CACHE", "~/.cache/ddbench")).expanduser().joinpath(*parts)
+
+
+def cache_name(path: Path) -> str:
+    """``path`` as a record names a cache file: relative to the cache dir (``ddranking/x.pt``),
+    never this machine's absolute path; a file outside the cache dir by its name alone."""
+    path = Path(path)
+    try:
+        return path.relative_to(cache_dir()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def key_digest(key: Any, length: int = 20) -> str:
+    """A stable hex digest of a JSON-able cache key (dict order and tuples vs lists do not matter)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+@contextmanager
+def cache_lock(path: Path) -> Iterator[None]:
+    """Hold ``path``'s lock file while a cache entry is read or computed, so that cells running
+    at once (the Ray executor) compute it once and the others wait for it. A cache dir where no
+    lock file can be made costs the duplicate work, not an error."""
+    from filelock import FileLock  # here: the light users of this module need no filelock
+
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()

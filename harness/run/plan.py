@@ -5,7 +5,11 @@ Every selected cell is listed with its state (recorded, diverged, failed, a chec
 k, new). Of every distinct setting (the cells that differ only by seed) one cell is set up on
 this device and a few outer steps are timed after a warm-up, and a few steps of one evaluation
 network; the estimate is ``steps x seconds per step`` (capped by the minutes budget) plus the
-evaluation, times the pending seeds. Nothing is written.
+evaluation, times the pending seeds, plus the DD-Ranking analysis (``[ddranking]``): the
+full-data networks and each random baseline while they are not in the cache (counted once for
+the suite, as they are trained once), and each cell's own evaluations of its set without
+augmentation (and with hard labels). A full-data update is timed on this device too. Nothing
+is written.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import torch
 from tabulate import tabulate
 
 from harness.core.process import torch_threads
+from harness.engine import inner_loss, make_torch_optimizer
 from harness.evaluation.protocols import PROTOCOLS, new_network, train_network
+from harness.evaluation.scores import ScoresConfig, pending_work
 from harness.report import read_record
 from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint, to_device
 from harness.run.progress import human_seconds
@@ -40,8 +46,9 @@ def cell_state(cell: Cell, out_dir: Path) -> tuple[str, int]:
     return "new", 0
 
 
-def _time_setting(cell: Cell, data, device, dtype, steps: int) -> tuple[float, float]:
-    """Seconds per outer step (median of ``steps`` after a warm-up) and of the evaluation."""
+def _time_setting(cell: Cell, data, device, dtype, steps: int) -> tuple[float, float, bool]:
+    """Seconds per outer step (median of ``steps`` after a warm-up) and of the evaluation, and
+    whether the set has soft labels."""
     method = cell_method(cell)
     method.setup(cell_task(cell, data, device, dtype))
     per_step = 0.0
@@ -65,7 +72,56 @@ def _time_setting(cell: Cell, data, device, dtype, steps: int) -> tuple[float, f
     t0 = time.perf_counter()
     train_network(net, images, labels, recipe, torch.Generator().manual_seed(0), stop=EVAL_PROBE_STEPS)
     eval_s = (time.perf_counter() - t0) / EVAL_PROBE_STEPS * protocol.training_steps(cell.eval, n)
-    return per_step, eval_s
+    return per_step, eval_s, distilled.labels.is_floating_point()
+
+
+def _full_data_update_seconds(cfg: ScoresConfig, model, data, device, dtype) -> float:
+    """Seconds of one minibatch update of a full-data network (median of a few after a warm-up)."""
+    net = new_network(model, data, 0, device, dtype)
+    opt = make_torch_optimizer(cfg.full_data_optimizer, net.parameters())
+    x, y = data.train_x[:cfg.full_data_batch], data.train_y[:cfg.full_data_batch]
+    times = []
+    for _ in range(EVAL_PROBE_STEPS + 1):
+        t0 = time.perf_counter()
+        loss = inner_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+class _AnalysisCost:
+    """The DD-Ranking analysis' training still to do, each cached part counted once per suite."""
+
+    def __init__(self, device, dtype):
+        self.device, self.dtype = device, dtype
+        self.counted: set[str] = set()
+        self.full_update: dict[str, float] = {}
+
+    def seconds(self, cell: Cell, data, soft: bool, eval_s: float) -> float:
+        cfg = cell.analyses.get("ddranking")
+        if not isinstance(cfg, ScoresConfig) or not cfg.enabled:
+            return 0.0
+        model = cell.eval.model or cell.model
+        n = cell.ipc * data.num_classes
+        per_eval_update = eval_s / max(1, PROTOCOLS.get(cell.eval.protocol)().training_steps(cell.eval, n))
+        total = 0.0
+        for work in pending_work(cfg, data, model, cell.eval, cell.ipc, cell.seed, soft):
+            if work.cache_file is not None:
+                if work.cache_file in self.counted:
+                    continue
+                self.counted.add(work.cache_file)
+            if work.kind == "full_data":
+                if work.cache_file not in self.full_update:
+                    self.full_update[work.cache_file] = _full_data_update_seconds(cfg, model, data, self.device,
+                                                                                  self.dtype)
+                total += work.updates * self.full_update[work.cache_file]
+            else:
+                total += work.updates * per_eval_update
+        return total
 
 
 def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None, datasets=None, ipcs=None,
@@ -78,6 +134,7 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
         settings[cell.config_id].append(cell)
     rows, total = [], 0.0
     loaded = {}
+    analysis_cost = _AnalysisCost(device, dtype)
     with torch_threads(suite.spec.hardware.threads):
         for group in settings.values():
             first = group[0]
@@ -86,11 +143,12 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
             name = first.dataset.name
             if pending and name not in loaded:
                 loaded[name] = load_cell_dataset(suite, first, progress=False)
-            per_step = eval_s = 0.0
+            per_step = eval_s = analysis = 0.0
             if pending:
                 check_cell(suite, first, loaded[name], dtype)
-                per_step, eval_s = _time_setting(first, to_device(loaded[name], device, dtype), device, dtype,
-                                                 time_steps)
+                data = to_device(loaded[name], device, dtype)
+                per_step, eval_s, soft = _time_setting(first, data, device, dtype, time_steps)
+                analysis = sum(analysis_cost.seconds(cell, data, soft, eval_s) for cell, _ in pending)
             steps, limit = first.budget.outer_steps, first.budget.minutes
             estimate = 0.0
             for cell, (_, reached) in pending:
@@ -98,6 +156,7 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
                 if limit is not None and per_step:  # a method that distils stops at its minutes
                     distill = min(distill, limit * 60) if steps else limit * 60
                 estimate += distill + eval_s
+            estimate += analysis
             total += estimate
             done = {s for s, _ in states}
             rows.append([name, first.ipc, first.method_label, len(group),
@@ -105,10 +164,12 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
                          f"{per_step:.3g}" if pending and per_step else "-",
                          f"{steps or 'until'}{'' if limit is None else f' / {limit:g} min'}",
                          human_seconds(eval_s) if pending else "-",
+                         human_seconds(analysis) if pending else "-",
                          human_seconds(estimate) if pending else "-"])
     table = tabulate(rows, headers=["dataset", "IPC", "method", "seeds", "state", "s / outer step", "budget",
-                                    "eval (each)", "estimate"], tablefmt="github", disable_numparse=True)
+                                    "eval (each)", "DD-Ranking (all seeds)", "estimate"], tablefmt="github",
+                     disable_numparse=True)
     hw = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     return (f"{suite.name}: {len(cells)} cells, timed on {hw} ({time_steps} outer steps per setting after a "
-            f"warm-up; analyses not included)\n{table}\nestimated total for the pending cells: "
-            f"{human_seconds(total)}")
+            f"warm-up; the DD-Ranking analysis included, what it caches counted once; hardness and subsets "
+            f"not)\n{table}\nestimated total for the pending cells: {human_seconds(total)}")

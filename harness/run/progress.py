@@ -1,6 +1,7 @@
 """What a run shows while it runs: a progress bar per cell (steps, or seconds for a run bounded
-by minutes), the inner steps of a long outer step, the warning when a cell will far outlast
-its budget, and one line per finished cell.
+by minutes), the inner steps of a long outer step, a long part of an analysis with its own
+ETA (``CellProgress.work``), the warning when a cell will far outlast its budget, and one line
+per finished cell.
 
 A cell reports through a :class:`CellProgress`; the local executor shows it with tqdm, the Ray
 executor forwards it to the driver (``harness.run.ray_executor``), ``--quiet`` shows nothing.
@@ -27,6 +28,7 @@ class CellProgress:
     desc: str = ""
     total: int = 0  # outer steps; 0: no step count (a minutes budget stops the cell)
     limit_s: float | None = None
+    work_clock: "WorkClock | None" = None  # the long part of an analysis now reported by `work`
 
     def begin(self, desc: str, total: int, initial: int, limit_s: float | None) -> None:
         self.desc, self.total, self.limit_s = desc, total, limit_s
@@ -40,8 +42,36 @@ class CellProgress:
     def phase(self, text: str) -> None:
         """The cell moved on (``evaluating``, ``analysing``)."""
 
+    def work(self, what: str, done: int, total: int) -> None:
+        """A long part of an analysis (the full-data training): ``done`` of ``total`` units, shown as
+        a phase with its own ETA (every sink that shows phases shows it), a few redraws a second
+        at most."""
+        if self.work_clock is None or self.work_clock.what != what or done < self.work_clock.start_done:
+            self.work_clock = WorkClock(what, done, time.perf_counter())
+        clock = self.work_clock
+        now = time.perf_counter()
+        if now - clock.last_shown > 0.5 or done == total:
+            clock.last_shown = now
+            self.phase(clock.text(done, total, now))
+
     def end(self) -> None:
         pass
+
+
+@dataclass
+class WorkClock:
+    """Elapsed time of one long part: its rate so far gives its ETA."""
+
+    what: str
+    start_done: int  # units done when it started being reported
+    start: float  # time.perf_counter() then
+    last_shown: float = float("-inf")  # when a phase text was last shown (the first is always shown)
+
+    def text(self, done: int, total: int, now: float) -> str:
+        """``what done/total, ETA 3 min`` (``ETA ?`` before the first unit is done)."""
+        rate = (done - self.start_done) / (now - self.start) if now > self.start else 0.0
+        eta = human_seconds((total - done) / rate) if rate > 0 else "?"
+        return f"{self.what} {done}/{total}, ETA {eta}"
 
 
 @dataclass
