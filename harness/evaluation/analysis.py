@@ -12,14 +12,15 @@ An analysis is declared in one place, its class::
 The suite loader validates ``[NAME]`` with ``Config``, the runner checks ``networks`` before
 any cell writes a file and calls ``run`` after each evaluation. Analyses never import the
 table views, and the views read only the record sections (``harness.report``). Built-ins:
-``hardness`` and ``subsets``; another package adds one through the ``ddbench.analyses``
-entry-point group.
+``hardness``, ``subsets`` and ``ddranking`` (:mod:`.scores`), found as every registry finds its
+built-ins (:mod:`harness.core.registry`); another package adds one through the
+``ddbench.analyses`` entry-point group.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from pydantic import BaseModel
@@ -44,6 +45,9 @@ class AnalysisContext:
     device: torch.device
     dtype: torch.dtype
     progress: bool = False
+    # report(what, done, total): a long part of an analysis (a full-data network's epochs) shown
+    # as the cell's phase with its own ETA; None where nobody watches.
+    report: Callable[[str, int, int], None] | None = None
 
 
 class Analysis:
@@ -74,10 +78,10 @@ def _check_analysis(name: str, cls: type) -> None:
         raise TypeError(f"analysis {name!r}: {cls.__name__} needs a pydantic Config and a record section name")
 
 
-ANALYSES: Registry[type[Analysis]] = Registry(
-    "analysis", group="ddbench.analyses",
-    builtins=("harness.evaluation.hardness", "harness.evaluation.subsets", "harness.evaluation.scores"),
-    check=_check_analysis)
+# The built-ins are the analyses among this package's modules (hardness, subsets, scores): the
+# registry imports every module of harness/evaluation, so a new analysis is one new file there.
+ANALYSES: Registry[type[Analysis]] = Registry("analysis", group="ddbench.analyses", builtins="harness.evaluation",
+                                              check=_check_analysis)
 
 
 def register_analysis(name: str):

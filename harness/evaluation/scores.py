@@ -295,7 +295,7 @@ class Scores(Analysis):
             return {"config": cfg.model_dump(mode="json"), "skipped": "disabled in the suite"}
         protocol, d, data = ctx.protocol, ctx.distilled, ctx.data
         model = protocol.model or ctx.model
-        report = getattr(ctx, "report", None)  # (what, done, total) -> None, where the runner passes one
+        report = ctx.report  # (what, done, total) -> None, where the runner passes one
         plain = PROTOCOLS.get(protocol.protocol)().without_augmentation(protocol)
         fcfg = cfg.full_data()
         # First (outside any baseline's lock): the full-data networks, trained once under their own lock.

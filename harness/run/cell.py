@@ -307,7 +307,8 @@ def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch
                 distilled.pixels = data.to_pixels(distilled.images)
             result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype)
             ctx = AnalysisContext(data=data, distilled=distilled, eval_result=result, protocol=cell.eval,
-                                  model=cell.model, seed=cell.seed, device=device, dtype=dtype, progress=False)
+                                  model=cell.model, seed=cell.seed, device=device, dtype=dtype, progress=False,
+                                  report=progress.work)
             sections = {}
             for name, cfg in cell.analyses.items():
                 progress.phase(f"analysing: {name}")
