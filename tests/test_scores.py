@@ -7,6 +7,8 @@ full-data training, and the analysis on a run."""
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +34,16 @@ from harness.run.progress import CellProgress
 
 TINY_MODEL = ModelConfig(name="convnet", width=4, depth=1)
 TINY_FULL = FullDataConfig(epochs=3, batch_size=128, models=2, lr_step_epochs=2, test_every=2)
+
+def ddranking(module: str):
+    """A module of the ``ddranking`` package: from the environment, or from the folder that
+    ``DDBENCH_DDRANKING_SITE`` names (.ci/run installs it there with --no-deps: its own
+    requirements would downgrade numpy in the test environment). Skipped where neither has it."""
+    site = os.environ.get("DDBENCH_DDRANKING_SITE")
+    if site and site not in sys.path:
+        sys.path.append(site)  # after the environment's packages: never shadows them
+    return pytest.importorskip(module)
+
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +92,8 @@ def _package_evaluator(cls, tmp_path: Path, **attrs):
 
 @pytest.mark.parametrize("scale", [1.0, 100.0])  # fractions (ours), percentages (the package's own)
 def test_hlr_ior_lrs_as_the_ddranking_package_computes_them(tmp_path, scale, monkeypatch):
-    hard_label = pytest.importorskip("ddranking.metrics.hard_label")
-    soft_label = pytest.importorskip("ddranking.metrics.soft_label")
+    hard_label = ddranking("ddranking.metrics.hard_label")
+    soft_label = ddranking("ddranking.metrics.soft_label")
     # LabelRobustScoreHard appends every LRS twice (l.384, l.388), so its CSV of unequal columns
     # raises in pandas: the saved lists are kept here instead of written.
     saved = []
@@ -125,7 +137,7 @@ def test_hlr_ior_lrs_as_the_ddranking_package_computes_them(tmp_path, scale, mon
 
 
 def test_ars_as_the_ddranking_package_computes_it(tmp_path):
-    aug_robust = pytest.importorskip("ddranking.metrics.aug_robust")
+    aug_robust = ddranking("ddranking.metrics.aug_robust")
     syn, rnd = _Stub(), _Stub()
     acc = {(syn, True): 0.52, (rnd, True): 0.41, (syn, False): 0.47, (rnd, False): 0.29}
 
