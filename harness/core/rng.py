@@ -34,10 +34,15 @@ class Stream(IntEnum):
     PATCH = 43  # AT-BPTT: the real images of the patch-wise semantic preservation term at step t
     TRAJECTORY = 47  # trajectory k >= 1 of outer step t (engine.trajectories): like STEP (k = 0 is STEP)
     TRAJECTORY_INIT = 53  # trajectory k >= 1 of outer step t: its network init (k = 0 is NET_INIT)
+    POOL_INIT = 59  # FRePo: the initial network of pool member i (position i)
 
 
 def seed_from(*words: int) -> int:
-    """A well-mixed 63-bit seed from non-negative integers (numpy's SeedSequence)."""
+    """A well-mixed 63-bit seed from non-negative integers (numpy's SeedSequence).
+
+    SeedSequence pads its entropy with zeros to four words, so ``(a, b, c)`` and ``(a, b, c, 0)``
+    give the same seed: a fourth word is never 0 where three-word seeds of the same words exist
+    (``Stream.TRAJECTORY``'s k starts at 1)."""
     return int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
