@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import statistics
 
 import pytest
 
 from conftest import make_record, typed
 from harness.core.errors import DDBenchError
-from harness.report.tables import (BASELINE, FORMATS, check_format, latex_text, method_order, pm, pooled, render_view,
-                                   summarize, tabulate_rows)
+from harness.report.tables import (BASELINE, FORMATS, bold, check_format, latex_text, method_order, pm, pooled,
+                                   render_view, summarize, tabulate_rows)
 from harness.report.views.main import render
 
 
@@ -37,6 +38,11 @@ def _table_rows(text: str) -> dict[str, list[str]]:
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells[1:]
     return rows
+
+
+def _value(cell: str) -> str:
+    """An accuracy cell without its rank (``=1 ``) and bold: ``61.00 ± 1.00 (2x1, 10 steps)``."""
+    return re.sub(r"^=?\d+ ", "", cell).replace("**", "")
 
 
 def _pooled(records, method, dataset, ipc):
@@ -68,12 +74,12 @@ def test_accuracy_table_layout_baseline_first_and_missing_cells():
         for cell, (d, k) in zip(cells, [("digits", 1), ("digits", 10), ("mnist", 1)]):
             if cell != "-":
                 mean, std = _pooled(records, method, d, k)
-                assert cell == f"{mean:.2f} ± {std:.2f} {_behind(records, method, d, k)}"
+                assert _value(cell) == f"{mean:.2f} ± {std:.2f} {_behind(records, method, d, k)}"
 
 
 def test_seeds_are_pooled_over_models():
     records = _records()
-    cell = _table_rows(render(records, "github").split("Distillation cost")[0])["rat_bptt"][0]
+    cell = _value(_table_rows(render(records, "github").split("Distillation cost")[0])["rat_bptt"][0])
     pooled = statistics.fmean([0.5, 0.7, 0.9])
     mean_of_means = statistics.fmean([0.6, 0.9])
     assert cell.startswith(f"{100 * pooled:.2f} ± ")
@@ -145,6 +151,9 @@ def test_shared_helpers():
     assert (mean, std) == (pytest.approx(0.7), pytest.approx(statistics.pstdev([0.5, 0.7, 0.9])))
     latex = tabulate_rows(["method", "a"], [[r"random\_real", r"1.00 $\pm$ 0.10"]], "latex")
     assert r"random\_real & 1.00 $\pm$ 0.10" in latex and r"\begin{tabular}" in latex
+    assert latex.splitlines() == [r"\begin{tabular}{ll}", r"\toprule", r"method & a \\", r"\midrule",
+                                  r"random\_real & 1.00 $\pm$ 0.10 \\", r"\bottomrule", r"\end{tabular}"]  # booktabs
+    assert (bold("x", "github"), bold("x", "latex"), bold("x", "csv")) == ("**x**", r"\textbf{x}", "x")
     assert "| 007 " in tabulate_rows(["x"], [["007"]], "github")  # text cells: no number parsing
     for fmt in FORMATS:
         check_format(fmt)
@@ -175,6 +184,13 @@ def test_empty_views_are_refused_alone_and_skipped_in_all():
 def test_records_of_different_configs_are_not_pooled_as_seeds():
     same = typed([make_record(seed=0, config_id="aaaa"), make_record(seed=1, config_id="aaaa")])
     assert "60.00" in render(same)  # two seeds of one config: pooled
+    # Two configs that differ in a recorded field: two rows, named by it, never pooled.
+    two = typed([make_record(seed=0, config_id="aaaa", run_id="aaaa0", accs=(0.5, 0.7)),
+                 make_record(seed=0, config_id="bbbb", run_id="bbbb0", accs=(0.9, 0.9), suite="other")])
+    rows = _table_rows(render(two).split("Distillation cost")[0])
+    assert _value(rows["tbptt (suite unit)"][0]).startswith("60.00") and _value(rows["tbptt (suite other)"][0]) \
+        .startswith("90.00")
+    # Two config ids with nothing recorded to tell them apart contradict each other: refused, named.
     mixed = typed([make_record(seed=0, config_id="aaaa", run_id="aaaa0"),
                    make_record(seed=0, config_id="bbbb", run_id="bbbb0")])
     with pytest.raises(DDBenchError) as err:

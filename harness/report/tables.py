@@ -2,9 +2,11 @@
 
 A view is a function ``(records, fmt) -> str`` registered by name with :func:`register_view`
 (``ddbench table DIR --view NAME``); it reads typed :class:`RunRecord` s only, never files,
-and returns ``""`` when no record has what it shows. Tables are rendered from records, never
-typed by hand. Shared here: formats (github, latex, csv), method order (the baseline first),
-± and LaTeX text, pooling of per-model accuracies, the refusal to pool different configs.
+and returns ``""`` when no record has what it shows (its ``hint`` then says what would fill
+it). Tables are rendered from records, never typed by hand. Shared here: formats (github,
+latex: booktabs, csv), method order (the baseline first), ±, bold and LaTeX text, pooling of
+per-model accuracies, one run counted once. Which records may be ranked together is
+:mod:`harness.report.compare`; ranks with ties are :mod:`harness.report.ranking`.
 """
 
 from __future__ import annotations
@@ -33,17 +35,20 @@ class View:
     order: int  # position in ``--view all``
     help: str
     reads: str = "runs"  # "runs": run records; "evals": evaluation records (ddbench eval)
+    hint: str = ""  # what fills an empty view (a suite table, a command)
 
 
 VIEWS: Registry[View] = Registry("table view", builtins=("harness.report.views",))
 
 
-def register_view(name: str, *, order: int = 100, help: str = "", reads: str = "runs"):
+def register_view(name: str, *, order: int = 100, help: str = "", reads: str = "runs", hint: str = ""):
     """Decorator: register ``fn(records, fmt) -> str`` as the view ``name`` (of run records, or of
-    evaluation records with ``reads="evals"``)."""
+    evaluation records with ``reads="evals"``); ``hint``: what fills it when it is empty (default:
+    "enable [NAME] in the suite")."""
 
     def decorate(fn: Callable[[list, str], str]):
-        VIEWS.register(name, View(name, fn, order, help or _first_line(fn.__doc__), reads))
+        VIEWS.register(name, View(name, fn, order, help or _first_line(fn.__doc__), reads,
+                                  hint or f"enable [{name}] in the suite"))
         return fn
 
     return decorate
@@ -73,7 +78,7 @@ def render_view(records: list[RunRecord], view: str = "main", fmt: str = "github
         raise ValueError(f"view must be one of {', '.join([*view_names(), 'all'])}")
     text = run(VIEWS.get(view))
     if not text.strip():
-        raise DDBenchError(f"no record here has a {view!r} section (enable [{view}] in the suite)", field="--view")
+        raise DDBenchError(f"no record here has what the {view!r} view shows ({VIEWS.get(view).hint})", field="--view")
     return text
 
 
@@ -119,9 +124,23 @@ def pooled(values: Iterable[float]) -> tuple[float, float] | None:
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
+def bold(text: str, fmt: str) -> str:
+    """``text`` in bold: ``**x**`` (github), ``\\textbf{x}`` (latex); as is in csv."""
+    if fmt == "github":
+        return f"**{text}**"
+    if fmt == "latex":
+        return rf"\textbf{{{text}}}"
+    return text
+
+
 def tabulate_rows(headers: list[str], rows: list[list[str]], fmt: str) -> str:
-    """A github or (raw) LaTeX table of already formatted text cells (no number parsing)."""
-    return tabulate(rows, headers=headers, tablefmt="latex_raw" if fmt == "latex" else fmt, disable_numparse=True)
+    """A github table or a booktabs LaTeX tabular (``\\usepackage{booktabs}``) of already formatted
+    text cells: no number parsing, and LaTeX cells as given (escape them with :func:`latex_text`)."""
+    if fmt == "latex":
+        line = lambda cells: " & ".join(cells) + r" \\"  # noqa: E731
+        return "\n".join([rf"\begin{{tabular}}{{{'l' * len(headers)}}}", r"\toprule", line(headers), r"\midrule",
+                          *(line(row) for row in rows), r"\bottomrule", r"\end{tabular}"])
+    return tabulate(rows, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
 def unique_runs(records: Iterable[RunRecord]) -> list[RunRecord]:
@@ -147,8 +166,9 @@ def group(records: Iterable[RunRecord], key: Callable[[RunRecord], tuple] = lamb
     """Records by ``key`` (default (method, dataset, ipc): the seeds of one setting), each run once.
 
     Records of one group made with different configs (their ``config_id``: the run id without
-    the seed) would be pooled as if they were seeds: refused, naming the group. Every view
-    groups through here.
+    the seed) would be pooled as if they were seeds: refused, naming the group. The built-in
+    views group by comparable setting instead (:func:`harness.report.compare.comparable_groups`),
+    which splits such records into named groups and rows rather than refusing them.
     """
     cells: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in unique_runs(records):

@@ -126,7 +126,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     from harness.report.site.build import publish
 
     with showing_progress(not args.quiet):
-        done = publish([Path(d) for d in args.dirs], Path(args.out))
+        done = publish([Path(d) for d in args.dirs], Path(args.out), configs=_configs(args), latest=args.latest)
     print(f"site: {args.out}/index.html ({done['records']} records, {done['boards']} leaderboards, "
           f"{done['runs']} run pages, {done['bytes'] / 1024:.0f} KB)")
     return 0
@@ -140,17 +140,28 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(root: Path, fmt: str, view: str = "main") -> None:
-    from harness.report import iter_eval_records, iter_records, render_view
+def _configs(args: argparse.Namespace) -> list[str]:
+    """``--config`` prefixes (repeated or comma-separated)."""
+    return [c.strip() for option in args.config or () for c in option.split(",") if c.strip()]
 
-    records = [record for _, record in iter_records(root)]
+
+def _print_table(roots: Path | list[Path], fmt: str, view: str = "main", configs: list[str] = (),
+                 latest: bool = False) -> None:
+    from harness.report import iter_eval_records, iter_records, render_view
+    from harness.report.compare import select_records
+
+    roots = [roots] if isinstance(roots, Path) else roots
+    where = ", ".join(map(str, roots))
+    records = [record for root in roots for _, record in iter_records(root)]
     if not records:
-        raise DDBenchError("no run records found", file=str(root))
-    evals = [record for _, record in iter_eval_records(root)]
+        raise DDBenchError("no run records found", file=where)
+    evals = [record for root in roots for _, record in iter_eval_records(root)]
     try:
-        print(render_view(records, view, fmt, evals))
+        records = select_records(records, configs, latest)
+        kept = {r.run_id for r in records}
+        print(render_view(records, view, fmt, [e for e in evals if e.of_run in kept]))
     except DDBenchError as err:
-        raise err.located(file=str(root)) from None
+        raise err.located(file=where) from None
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -158,10 +169,11 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
     if args.view not in (*view_names(), "all"):
         raise DDBenchError(f"unknown view {args.view!r} (registered: {', '.join(view_names())}, all)", field="--view")
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise DDBenchError("not a directory", file=str(root))
-    _print_table(root, args.format, args.view)
+    roots = [Path(d) for d in args.dirs]
+    for root in roots:
+        if not root.is_dir():
+            raise DDBenchError("not a directory", file=str(root))
+    _print_table(roots, args.format, args.view, _configs(args), args.latest)
     return 0
 
 
@@ -212,21 +224,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.set_defaults(func=_cmd_eval)
 
+    def select(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", action="append", metavar="ID",
+                       help="only the configs whose id starts with ID (repeatable or comma-separated; the tables name "
+                            "the ids where a cell has several)")
+        p.add_argument("--latest", action="store_true",
+                       help="per cell (suite, dataset, IPC, method) only the config that finished last")
+
     p = sub.add_parser("publish", help="a static leaderboard site (HTML, plots, image grids) from run records")
     p.add_argument("dirs", nargs="+", help="folders of run records")
     p.add_argument("--out", default="site", help="the site's folder (default: site)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    select(p)
     p.set_defaults(func=_cmd_publish)
 
     p = sub.add_parser("plan", help="list a suite's cells, time an outer step of each setting, estimate the total")
     selection(p)
     p.set_defaults(func=_cmd_plan)
 
-    p = sub.add_parser("table", help="render a comparison table from run records")
-    p.add_argument("dir", help="folder of run records (searched recursively)")
+    p = sub.add_parser("table", help="render comparison tables from run records: one column or board per "
+                                     "comparable group (dataset, IPC, model, protocol, budget, label kind)")
+    p.add_argument("dirs", nargs="+", metavar="dir", help="folders of run records (searched recursively)")
     p.add_argument("--format", choices=("github", "latex", "csv"), default="github")
     p.add_argument("--view", default="main", help="a registered table view (ddbench list shows them), or all: "
                                                   "every non-empty view (default: main)")
+    select(p)
     p.set_defaults(func=_cmd_table)
     return parser
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from harness.core.errors import DDBenchError
 from harness.core.progress import progress_bar
+from harness.report.compare import select_records
 from harness.report.records import iter_records
 from harness.report.site import exports, grids, pages, plots
 from harness.report.site.rows import boards, leaderboard_rows
@@ -20,8 +21,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
-def publish(sources: list[Path], out: Path) -> dict:
-    """Build the site in ``out`` from the records under ``sources``; returns what it wrote."""
+def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: bool = False) -> dict:
+    """Build the site in ``out`` from the records under ``sources`` (those of ``configs`` / the
+    latest config per cell: :func:`~harness.report.compare.select_records`); returns what it wrote."""
     found = []
     for source in sources:
         if not Path(source).is_dir():
@@ -32,7 +34,8 @@ def publish(sources: list[Path], out: Path) -> dict:
     paths = {}
     for path, record in found:
         paths.setdefault(record.run_id, path)
-    records = sorted(unique_runs(r for _, r in found), key=lambda r: (r.dataset, r.ipc, r.method, r.seed, r.run_id))
+    records = sorted(select_records(unique_runs(r for _, r in found), configs, latest),
+                     key=lambda r: (r.dataset, r.ipc, r.method, r.seed, r.run_id))
     rows = leaderboard_rows(records)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

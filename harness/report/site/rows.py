@@ -1,12 +1,22 @@
-"""Leaderboard rows: one per (dataset, IPC, method, config), from the records, ranked."""
+"""Leaderboard rows: one per (comparable group, method config), from the records, ranked with ties.
+
+A board is one comparable group (:mod:`harness.report.compare`): a dataset, IPC and setting;
+groups of one dataset and IPC are separate boards, headed by what tells them apart. Its rows
+are ranked by :mod:`harness.report.ranking` (``=2``: a place shared within noise; ``best``:
+rank 1). :func:`ranked_boards` is the full answer (a :class:`Board` per group); :func:`boards`
+the same keyed by ``(dataset, IPC)`` for the pages, the IPC's key carrying the setting when a
+dataset and IPC have several groups.
+"""
 
 from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
 
+from harness.report.compare import comparable_groups
+from harness.report.ranking import Place
 from harness.report.schema import RunRecord
-from harness.report.tables import count_text, group, mean_std_text, summarize
+from harness.report.tables import count_text, mean_std_text, summarize
 
 
 @dataclass
@@ -31,41 +41,82 @@ class Row:
     ars: float | None
     hardware: str
     runs: list[RunRecord] = field(default_factory=list, repr=False)
+    name: str = ""  # the row's name in its group: the method label, with what tells its configs apart
+    group: tuple = ()  # its comparable group's key
+    heading: str = ""  # its group's heading ("digits IPC 1 (budget.outer_steps 8)")
+    setting: str = ""  # what tells its group from the other groups of its dataset and IPC ("" if none)
+    place: Place | None = None  # its rank in its group (None: no accuracy)
+    budget: tuple[str, float] | None = None  # ("outer_steps", N) or ("minutes", M)
+    labels: str = "hard"  # the label kind
+    differs: str = ""  # how its group's siblings differ ("budget.outer_steps 120 vs 8"; "" if none)
+    rank_note: str = ""  # what its group's ranks mean: the tests (ranking.rank_footnote); "" if nothing compared
 
     def sort_key(self) -> tuple:
-        """Ranked by accuracy, best first; rows without one (diverged, failed) last."""
-        return (self.accuracy_mean is None, -(self.accuracy_mean or 0.0), self.method, self.suite)
+        """Ranked by place (ties within noise share one), then accuracy, best first; rows without
+        an accuracy (diverged, failed) last."""
+        return (self.accuracy_mean is None, self.place.rank if self.place else 0, -(self.accuracy_mean or 0.0),
+                self.method, self.suite)
+
+
+@dataclass
+class Board:
+    """One comparable group's rows, ranked."""
+
+    key: tuple
+    dataset: str
+    ipc: int
+    heading: str
+    setting: str  # what tells it from its siblings ("" if it has none)
+    differs: str  # how its siblings differ ("budget.outer_steps 120 vs 8"; "" if none)
+    rows: list[Row]
+    footnote: str  # the tests behind its ranks ("" when nothing was compared)
 
 
 def leaderboard_rows(records: list[RunRecord]) -> list[Row]:
-    """Every (dataset, IPC, method label, config) as one row, seeds pooled (each run once; rows of
-    different configs are never pooled: two suites' rat_bptt at one IPC are two rows)."""
-    cells = group(records, key=lambda r: (r.dataset, r.ipc, r.method, r.config_id))
+    """Every (comparable group, method config) as one row, seeds pooled (each run once; configs are
+    never pooled: two suites' rat_bptt in one group are two rows), its place in its group."""
     rows = []
-    for (dataset, ipc, method, config_id), rs in cells.items():
-        s = summarize(rs)
-        distilling = s["outer_steps"] > 0
-        scored = [r.scores for r in rs if r.scores is not None and r.scores.lrs is not None]
-        all_scored = len(scored) == len(rs) and s["status"] == "ok"
-        rows.append(Row(
-            dataset=dataset, ipc=ipc, method=method, suite=rs[0].suite, config_id=config_id,
-            status=s["status"], accuracy_mean=s["accuracy_mean"], accuracy_std=s["accuracy_std"],
-            n_models=s["n_models"], n_seeds=s["n_seeds"], count=count_text(rs), outer_steps=s["outer_steps"],
-            seconds_per_step=s["seconds_per_outer_step"] if distilling else None,
-            peak_memory_mib=s["peak_memory_bytes"] / 2**20 if distilling else None,
-            memory_kind=s["memory_kind"], protocol=rs[0].eval.protocol.get("protocol", "standard"),
-            lrs=statistics.fmean(x.lrs for x in scored) if all_scored else None,
-            ars=statistics.fmean(x.ars for x in scored) if all_scored else None,
-            hardware="; ".join(s["devices"]), runs=rs))
-    return sorted(rows, key=lambda r: (r.dataset, r.ipc, *r.sort_key()))
+    for g in comparable_groups(records):
+        ranking = g.ranking()
+        places, note = ranking.places, ranking.footnote() if ranking.compared else ""
+        for name, rs in g.rows.items():
+            s = summarize(rs)
+            distilling = s["outer_steps"] > 0
+            scored = [r.scores for r in rs if r.scores is not None and r.scores.lrs is not None]
+            all_scored = len(scored) == len(rs) and s["status"] == "ok"
+            rows.append(Row(
+                dataset=g.dataset, ipc=g.ipc, method=rs[0].method, suite=rs[0].suite, config_id=rs[0].config_id,
+                status=s["status"], accuracy_mean=s["accuracy_mean"], accuracy_std=s["accuracy_std"],
+                n_models=s["n_models"], n_seeds=s["n_seeds"], count=count_text(rs), outer_steps=s["outer_steps"],
+                seconds_per_step=s["seconds_per_outer_step"] if distilling else None,
+                peak_memory_mib=s["peak_memory_bytes"] / 2**20 if distilling else None,
+                memory_kind=s["memory_kind"], protocol=rs[0].eval.protocol.get("protocol", "standard"),
+                lrs=statistics.fmean(x.lrs for x in scored) if all_scored else None,
+                ars=statistics.fmean(x.ars for x in scored) if all_scored else None,
+                hardware="; ".join(s["devices"]), runs=rs, name=name, group=g.key, heading=g.heading,
+                setting=g.suffix, place=places.get(name), budget=g.budget, labels=g.setting.get("labels", "hard"),
+                differs=g.differs_text(), rank_note=note))
+    return sorted(rows, key=lambda r: (r.group, *r.sort_key()))
 
 
-def boards(rows: list[Row]) -> dict[tuple[str, int], list[Row]]:
-    """Rows by (dataset, IPC), each board ranked."""
-    out: dict[tuple[str, int], list[Row]] = {}
+def ranked_boards(rows: list[Row]) -> list[Board]:
+    """A :class:`Board` per comparable group, by dataset, IPC and setting; rows ranked."""
+    by_group: dict[tuple, list[Row]] = {}
     for row in rows:
-        out.setdefault((row.dataset, row.ipc), []).append(row)
-    return {key: sorted(rs, key=Row.sort_key) for key, rs in sorted(out.items())}
+        by_group.setdefault(row.group, []).append(row)
+    out = []
+    for key in sorted(by_group):
+        rs = sorted(by_group[key], key=Row.sort_key)
+        first = rs[0]
+        out.append(Board(key, first.dataset, first.ipc, first.heading, first.setting, first.differs, rs,
+                         first.rank_note))
+    return out
+
+
+def boards(rows: list[Row]) -> dict[tuple[str, int | str], list[Row]]:
+    """Rows by ``(dataset, IPC)``, each board ranked; where a dataset and IPC have several comparable
+    groups, each is its own board, keyed ``(dataset, "IPC (setting)")``."""
+    return {(b.dataset, f"{b.ipc} ({b.setting})" if b.setting else b.ipc): b.rows for b in ranked_boards(rows)}
 
 
 def accuracy_text(row: Row, fmt: str = "github") -> str:
@@ -73,6 +124,11 @@ def accuracy_text(row: Row, fmt: str = "github") -> str:
     if row.status != "ok":
         return row.status
     return mean_std_text([a for r in row.runs for a in r.eval.accuracy_per_model], fmt)
+
+
+def rank_text(row: Row) -> str:
+    """``1``, ``=2``, or ``-`` (no accuracy)."""
+    return "-" if row.place is None else row.place.text
 
 
 def lrs_text(row: Row) -> str:

@@ -1,27 +1,46 @@
 """The budget view: accuracy at budget (the ``anytime`` record section), methods compared at
-equal outer steps and at equal distillation wall-clock."""
+equal distillation wall-clock and at equal outer steps, per comparable group.
+
+A minutes-bounded group (``budget.minutes``, ``outer_steps`` 0: every method had the same
+time) is compared on its budget's own axis first: the columns are the times at which the
+anytime curve was due (every ``anytime.every_minutes``), up to the end of the budget, and a
+cell is the evaluation due at that time (taken at the end of the outer step that crossed it:
+at most one outer step later) or, in the ``end`` column, the set the budget ended with. A
+step-bounded group is compared at equal outer steps first, then at equal seconds (the last
+point within them, up to the shortest curve). Per-model accuracies are pooled over seeds;
+bold: the best and those not significantly below it in that column (:mod:`harness.report.ranking`).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
+from typing import Callable
 
+from harness.report.compare import Group, comparable_groups
+from harness.report.ranking import Sample, rank, rank_footnote
 from harness.report.schema import AnytimePoint, RunRecord
-from harness.report.tables import (check_format, group, latex_text, mean_std_text, method_key, register_view,
-                                   tabulate_rows)
+from harness.report.tables import bold, check_format, latex_text, mean_std_text, register_view, tabulate_rows
 
 COLUMNS = 5  # budgets shown per table
+Pick = Callable[[list[AnytimePoint], float], "AnytimePoint | None"]
 
 
-def _at_step(points: list[AnytimePoint], step: int) -> AnytimePoint | None:
+def _at_step(points: list[AnytimePoint], step: float) -> AnytimePoint | None:
     return next((p for p in points if p.step == step), None)
 
 
-def _at_time(points: list[AnytimePoint], seconds: float) -> AnytimePoint | None:
+def _within(points: list[AnytimePoint], seconds: float) -> AnytimePoint | None:
     """The last point measured within ``seconds`` of distillation."""
     within = [p for p in points if p.seconds <= seconds * (1 + 1e-9)]
     return within[-1] if within else None
+
+
+def _due(points: list[AnytimePoint], seconds: float) -> AnytimePoint | None:
+    """The evaluation due at ``seconds``: the first point at or after it (``inf``: the last point)."""
+    if seconds == float("inf"):
+        return points[-1] if points else None
+    return next((p for p in points if p.seconds >= seconds * (1 - 1e-9)), None)
 
 
 def _spread(values: list[float], n: int) -> list[float]:
@@ -31,60 +50,87 @@ def _spread(values: list[float], n: int) -> list[float]:
     return [values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)]
 
 
-def _cell(runs: list[list[AnytimePoint]], pick, budget, fmt: str) -> tuple[str, list[float]]:
-    accs = []
-    for points in runs:
-        point = pick(points, budget)
-        if point is None:
-            return "-", []
-        accs.extend(point.accuracy_per_model)
-    return mean_std_text(accs, fmt), accs
+def _tables(group: Group, curves: dict[str, list[list[AnytimePoint]]]
+            ) -> list[tuple[str, list[float], Pick, list[str]]]:
+    """(title, budgets, pick, column headers) of the group's tables, its budget's own axis first."""
+    all_curves = [c for runs in curves.values() for c in runs]
+    common = set.intersection(*({p.step for p in c} for c in all_curves))
+    steps = _spread([s for s in common if s > 0], COLUMNS)
+    by_steps = ("equal outer steps", steps, _at_step, [f"{s:g} steps" for s in steps])
+    budget = group.budget
+    if budget is not None and budget[0] == "minutes":
+        every = {r.anytime.config.get("every_minutes") for r in group.records if r.anytime is not None}
+        every.discard(None)
+        limit = 60 * budget[1]
+        if len(every) == 1:
+            step = 60 * every.pop()
+            grid = [step * k for k in range(1, int(limit / step + 1e-9) + 1) if step * k < limit * (1 - 1e-9)]
+            times = [*_spread(grid, COLUMNS - 1), float("inf")]
+            heads = [f"{t / 60:g} min" for t in times[:-1]] + [f"end ({budget[1]:g} min)"]
+            title = f"equal distillation wall-clock (the budget: {budget[1]:g} min; the evaluation due at each time)"
+            return [(title, times, _due, heads), by_steps]
+    horizon = min(c[-1].seconds for c in all_curves)
+    times = [horizon * (i + 1) / COLUMNS for i in range(COLUMNS)] if horizon > 0 else []
+    by_time = ("equal distillation wall-clock", times, _within, [f"{t:.1f} s" for t in times])
+    return [by_steps, by_time]
 
 
-@register_view("budget", order=30, help="accuracy at equal outer steps and at equal wall-clock (anytime curves)")
+def _column(runs: list[list[AnytimePoint]], pick: Pick, budget: float) -> Sample | None:
+    points = [pick(points, budget) for points in runs]
+    if any(p is None for p in points):
+        return None
+    return Sample.of([p.accuracy_per_model for p in points])
+
+
+@register_view("budget", order=30, help="accuracy at equal wall-clock and at equal outer steps (anytime curves)",
+               hint="enable [anytime] in the suite")
 def budget_table(records: list[RunRecord], fmt: str = "github") -> str:
-    """Per (dataset, IPC): every method's anytime accuracy (%) at the outer steps all its curves
-    reached and at equal seconds of distillation (the last point within them), pooled over seeds.
-    The curves' protocol is named: it is usually cheaper than the record's own."""
+    """Per comparable group: every method's anytime accuracy (%) at equal distillation wall-clock and
+    at equal outer steps, pooled over seeds. The curves' protocol is named: it is usually cheaper
+    than the record's own."""
     check_format(fmt)
-    curves: dict[tuple[str, int], dict[str, list[list[AnytimePoint]]]] = defaultdict(lambda: defaultdict(list))
-    protocols: dict[tuple[str, int], set[str]] = defaultdict(set)
-    for (method, dataset, ipc), rs in group(records).items():
-        for r in rs:
-            if r.status == "ok" and r.anytime is not None and r.anytime.curve:
-                curves[(dataset, ipc)][method].append(r.anytime.curve)
-                protocols[(dataset, ipc)].add(r.anytime.protocol.get("protocol", "standard"))
-    parts, tidy = [], []
-    for (dataset, ipc), methods in sorted(curves.items()):
-        order = sorted(methods, key=method_key)
-        common_steps = set.intersection(*({p.step for p in c} for runs in methods.values() for c in runs))
-        steps = _spread([s for s in common_steps if s > 0], COLUMNS)
-        horizon = min(c[-1].seconds for runs in methods.values() for c in runs)
-        times = [horizon * (i + 1) / COLUMNS for i in range(COLUMNS)] if horizon > 0 else []
-        for title, budgets, pick, unit in (("equal outer steps", steps, _at_step, "steps"),
-                                           ("equal distillation wall-clock", times, _at_time, "s")):
+    parts, tidy, tests = [], [], set()
+    for group in comparable_groups(records):
+        curves = {name: [r.anytime.curve for r in rs] for name, rs in group.rows.items()
+                  if all(r.status == "ok" and r.anytime is not None and r.anytime.curve for r in rs)}
+        if not curves:
+            continue
+        protocols = sorted({r.anytime.protocol.get("protocol", "standard") for name in curves
+                            for r in group.rows[name]})
+        for title, budgets, pick, heads in _tables(group, curves):
             if not budgets:
                 continue
-            headers = ["method", *(f"{b:g} {unit}" if unit == "steps" else f"{b:.1f} {unit}" for b in budgets)]
+            columns = [{name: _column(runs, pick, b) for name, runs in curves.items()} for b in budgets]
+            rankings = [rank(col) for col in columns]
             rows = []
-            for method in order:
-                cells = [_cell(methods[method], pick, b, fmt) for b in budgets]
-                rows.append([latex_text(method, fmt), *(text for text, _ in cells)])
-                for b, (_, accs) in zip(budgets, cells):
-                    if accs:
-                        tidy.append({"dataset": dataset, "ipc": ipc, "method": method, "by": unit, "budget": b,
-                                     "accuracy_mean": sum(accs) / len(accs), "n": len(accs)})
-            heading = (f"{dataset} IPC {ipc}: anytime test accuracy (%) at {title} "
-                       f"(protocol {', '.join(sorted(protocols[(dataset, ipc)]))})")
-            table = tabulate_rows([latex_text(h, fmt) for h in headers], rows, fmt)
+            for name in curves:
+                cells = []
+                for b, col, ranking in zip(budgets, columns, rankings):
+                    sample = col[name]
+                    if sample is None:
+                        cells.append("-")
+                        continue
+                    text = mean_std_text(sample.values, fmt)
+                    place = ranking.places[name]
+                    cells.append(bold(text, fmt) if ranking.compared and place.best else text)
+                    tests |= ranking.tests if ranking.compared else set()
+                    tidy.append({"dataset": group.dataset, "ipc": group.ipc, "setting": group.suffix, "method": name,
+                                 "by": "steps" if pick is _at_step else "s", "budget": b,
+                                 "accuracy_mean": sample.mean, "n": len(sample.values), "rank": place.rank})
+                rows.append([latex_text(name, fmt), *cells])
+            heading = f"{group.heading}: anytime test accuracy (%) at {title} (protocol {', '.join(protocols)})"
+            table = tabulate_rows([latex_text(h, fmt) for h in ["method", *heads]], rows, fmt)
             parts.append(f"% {latex_text(heading)}\n{table}" if fmt == "latex" else f"{heading}:\n{table}")
     if not parts:
         return ""
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=["dataset", "ipc", "method", "by", "budget", "accuracy_mean", "n"],
-                                lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=["dataset", "ipc", "method", "by", "budget", "accuracy_mean", "n",
+                                                 "setting", "rank"], lineterminator="\n")
         writer.writeheader()
         writer.writerows(tidy)
         return out.getvalue()
+    note = rank_footnote(tests, ranks=False)
+    if note:
+        parts.append(f"% {latex_text(note)}" if fmt == "latex" else note)
     return "\n\n".join(parts)

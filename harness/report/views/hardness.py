@@ -7,9 +7,9 @@ import io
 import json
 from collections import defaultdict
 
+from harness.report.compare import comparable_groups
 from harness.report.schema import HardnessBucket, RunRecord
-from harness.report.tables import (check_format, count_text, group, latex_text, method_key, pooled, register_view,
-                                   tabulate_rows)
+from harness.report.tables import check_format, count_text, latex_text, method_key, pooled, register_view, tabulate_rows
 
 
 def _span(lo: int, hi: int) -> str:
@@ -45,14 +45,16 @@ def _mean_cell(values: list[float]) -> str:
 def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
     """Test accuracy (%) per hardness bucket: one table per dataset (and bucketing), rows = method x IPC.
 
-    Per-model accuracies of every seed of a cell are pooled, as in ``harness.tables``. Records
-    without a computed hardness section are skipped; ``csv`` gives one tidy row per bucket.
-    ``""`` when no record has a section (in every format).
+    Per-model accuracies of every seed of a row (one config of a method,
+    :mod:`harness.report.compare`) are pooled, as in ``harness.tables``; a row of a setting that
+    another of its dataset and IPC does not share names it beside its IPC. Records without a
+    computed hardness section are skipped; ``csv`` gives one tidy row per bucket. ``""`` when no
+    record has a section (in every format).
     """
     check_format(fmt)
-    groups: dict[tuple, dict[tuple[str, int], list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
-    cells_by_config = group(records)  # one config per (method, dataset, ipc), each run once
-    for r in (r for rs in cells_by_config.values() for r in rs):
+    groups: dict[tuple, dict[tuple, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
+    rows = [(g, name, r) for g in comparable_groups(records) for name, rs in g.rows.items() for r in rs]
+    for g, name, r in rows:
         section = r.hardness
         if section is None or not section.buckets or r.status != "ok":
             continue
@@ -60,12 +62,12 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
         shape = tuple((b.label, b.score_min, b.score_max, b.n_never_learned, b.n, b.misclassified_min,
                        b.misclassified_max) for b in section.buckets)
         key = (r.dataset, json.dumps(section.config, sort_keys=True), shape)
-        groups[key][(r.method, r.ipc)].append(r)
+        groups[key][(name, r.ipc, g.suffix, r.method)].append(r)
     if not groups:
         return ""
 
-    def order(cell: tuple[str, int]) -> tuple:
-        return (*method_key(cell[0]), cell[1])
+    def order(cell: tuple) -> tuple:
+        return (*method_key(cell[3]), cell[0], cell[1], cell[2])  # the baseline first, then by name and IPC
 
     if fmt == "csv":
         out = io.StringIO()
@@ -74,8 +76,8 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
         writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         for (dataset, _, shape), cells in sorted(groups.items(), key=lambda g: g[0][:2]):
-            for method, ipc in sorted(cells, key=order):
-                rs = cells[(method, ipc)]
+            for cell in sorted(cells, key=order):
+                rs, (method, ipc) = cells[cell], cell[:2]
                 for k, (label, lo, hi, never, n, *_) in enumerate(shape):
                     accs = _bucket_accs(rs, k)
                     mean, std = pooled(accs)
@@ -91,9 +93,9 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
         headers = [latex_text(h, fmt) for h in ["method", "IPC", *(b.label for b in first.buckets), "all",
                                                 "models x seeds"]]
         rows = []
-        for method, ipc in sorted(cells, key=order):
-            rs = cells[(method, ipc)]
-            rows.append([latex_text(method, fmt), str(ipc),
+        for cell in sorted(cells, key=order):
+            rs, (method, ipc, setting) = cells[cell], cell[:3]
+            rows.append([latex_text(method, fmt), latex_text(f"{ipc} ({setting})" if setting else str(ipc), fmt),
                          *(_mean_cell(_bucket_accs(rs, k)) for k in range(len(shape))),
                          _mean_cell([a for r in rs for a in r.eval.accuracy_per_model]), count_text(rs)])
         epochs = first.config["epochs"]
