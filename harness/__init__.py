@@ -11,8 +11,9 @@ Names are imported on first use (``harness.meta_gradient`` imports the engine th
     core        errors, the Registry type, random streams, atomic I/O, process settings, provenance
     data        dataset configs, the source registry, preprocessing, cache   | models  networks, augmentation
     report      the run record schema, records on disk, table views          |
-    engine      the unroll: functional model, schedules, inner optimizers, CUDA graphs, low rank
-    method      Method, DistillTask, DistilledSet, the method registry, the unrolled outer loop
+    engine      the unroll: functional model, schedules, inner optimizers, outer objective, CUDA graphs, low rank
+    method      Method, DistillTask, DistilledSet, the method registry, the unrolled outer loop and its update
+    train       beside method: networks trained on the real data, cached (full-data networks, teacher, forgetting)
     evaluation  the evaluation protocol and the analyses
     run         suites, the runner, executors, the CLI
 """
@@ -36,12 +37,14 @@ _EXPORTS = {
     "ModelConfig": "harness.models", "AugmentConfig": "harness.models",
     # engine
     "meta_gradient": "harness.engine", "MetaGradient": "harness.engine", "FunctionalModel": "harness.engine",
+    "Synthetic": "harness.engine", "UnrollOptions": "harness.engine", "RealBatchLoss": "harness.engine",
+    "OuterValue": "harness.engine", "EngineConfig": "harness.engine",
     "class_balanced_schedule": "harness.engine", "InnerSchedule": "harness.engine",
     "InnerOptimizerConfig": "harness.engine", "make_inner_optimizer": "harness.engine",
     "make_torch_optimizer": "harness.engine",
     # method
     "Method": "harness.method", "UnrolledMethod": "harness.method", "UnrollConfig": "harness.method",
-    "EngineConfig": "harness.method", "DistillTask": "harness.method", "DistilledSet": "harness.method",
+    "DistillTask": "harness.method", "DistilledSet": "harness.method",
     "check_window": "harness.method", "uniform_unroll": "harness.method", "register_method": "harness.method",
     "create_method": "harness.method", "list_methods": "harness.method",
     # evaluation

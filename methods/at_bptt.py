@@ -88,7 +88,7 @@ from harness import (EngineConfig, MetaGradient, Stream, UnrollConfig, UnrolledM
                      step_seed, uniform_unroll)
 from harness.core.errors import ConfigError
 from harness.core.rng import seed_from
-from harness.engine import accuracy, plain_trajectory
+from harness.engine import Synthetic, accuracy, plain_trajectory
 from harness.engine.lowrank import LowRankCurvature
 from harness.method.prototypes import prototype_loss
 from harness.models import augment, reinitialize
@@ -337,8 +337,8 @@ class ATBPTT(UnrolledMethod):
     Config = ATBPTTConfig
     tiny_config = {"unroll": 8, "window": 4, "window_delta": 1}
 
-    def check(self, task, *, ipc=None, scaled_rows=False) -> None:
-        super().check(task, ipc=ipc, scaled_rows=scaled_rows)
+    def check(self, task, *, ipc=None) -> None:
+        super().check(task, ipc=ipc)
         cfg, size = self.config, task.image_shape[-1]
         if cfg.patch_semantic and size < 64:
             raise ValueError(f"patch_semantic is for images of 64x64 and above, not {size}x{size}")
@@ -349,8 +349,8 @@ class ATBPTT(UnrolledMethod):
             raise ConfigError("patience_of = 'epochs' in a run bounded by minutes (no outer_steps): give E, "
                               "the run's epochs", field="epochs")
 
-    def setup(self, task, initial=None, update_scale=None) -> None:
-        super().setup(task, initial, update_scale)
+    def setup(self, task, initial=None) -> None:
+        super().setup(task, initial)
         cfg = self.config
         per_epoch = cfg.steps_per_epoch or max(1, math.ceil(task.data.train_x.shape[0] / cfg.real_batch))
         base = cfg.unroll if cfg.patience_of == "unroll" else cfg.epochs or math.ceil(task.outer_steps / per_epoch)
@@ -403,8 +403,8 @@ class ATBPTT(UnrolledMethod):
         """A plain T-step trajectory from a fresh init (its own streams): norms and final parameters."""
         gen = torch.Generator().manual_seed(step_seed(self.task.seed, step, Stream.PROBE))
         reinitialize(self.model.module, step_seed(self.task.seed, step, Stream.PROBE_INIT))
-        norms, final = plain_trajectory(self.model, self.model.parameters(), self.optimizer,
-                                        float(self.log_lr.detach().exp()), self.images, self.labels,
+        synthetic = Synthetic(self.images, self.labels, float(self.log_lr.detach().exp()))
+        norms, final = plain_trajectory(self.model, self.model.parameters(), self.optimizer, synthetic,
                                         self.schedule(self.config.unroll, gen))
         self.norms = norms.double().cpu()
         return gen, final
@@ -458,7 +458,7 @@ class ATBPTT(UnrolledMethod):
         windows = self.step_plan.windows
         self.tracker.log(step, stage, sum(windows) / len(windows))
         if cfg.stage_signal == "outer":
-            signal = float(result.outer_accuracy)
+            signal = float(result.outer_metric)
         else:  # once per epoch, from a full-length trajectory (only when the stages switch on accuracy)
             wanted = cfg.stages and cfg.stage_switch == "accuracy" and self.tracker.ends_epoch()
             signal = self._probe_accuracy(step) if wanted else None

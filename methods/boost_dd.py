@@ -14,7 +14,8 @@ Choices the paper leaves open, made here:
   class; ``DistilledSet.blocks`` gives each row's block (0-based).
 * Each block is a fresh run of the base method started from the set so far: a new outer Adam
   and a new clipping EMA per block. Learned soft labels and a learned inner lr carry over.
-* ``beta`` multiplies the earlier rows' outer step after Adam (their outer lr is beta x
+* ``beta`` multiplies the earlier rows' outer step after Adam (a transform added to the base's
+  outer update, ``harness.method.outer_update.scale_rows``; their outer lr is beta x
   outer_lr, soft labels included); the meta-gradient's norm and its clipping cover every row.
 * Budget, by default ``"per_block"``: every block is a full run of the base method with the
   task's outer steps. That is the comparison Boost-DD is about (the paper's Sec. 6): every
@@ -49,6 +50,7 @@ from pydantic import (
 from harness import ConfigError, DDBenchError, DistilledSet, DistillTask, Method, UnrolledMethod, create_method
 from harness import register_method
 from harness.method import method_class, validate_method_config
+from harness.method.outer_update import scale_rows
 
 
 class BlockLayoutError(ConfigError, ValueError):
@@ -152,12 +154,15 @@ class BoostDD(Method):
     # ------------------------------------------------------------------ checks, setup and blocks
 
     def check(self, task: DistillTask) -> None:
-        """The block layout divides the IPC, and the base can run every block (block k > 0 holds
-        the earlier blocks' rows at beta: a base that cannot scale rows is refused here)."""
+        """The block layout divides the IPC, and the base can run every block (block k > 0 scales
+        the earlier blocks' rows by beta: a base that cannot scale rows is refused here)."""
         b, k = self.layout(task.ipc)
         for block in range(k):
             try:
-                self.base.check(task, ipc=(block + 1) * b, scaled_rows=block > 0)
+                self.base.check(task, ipc=(block + 1) * b)
+                if block > 0 and self.base.config.parameterization.kind != "pixels":
+                    raise ConfigError("a linear basis shares its basis images across rows, so per-row update "
+                                      "scales (Boost-DD's beta) cannot hold rows fixed", field="parameterization")
             except DDBenchError as err:  # a field of the base's config: say where it is in ours
                 raise err.within("base_config") from None
 
@@ -180,12 +185,11 @@ class BoostDD(Method):
         b, n = self.block_ipc, (k + 1) * self.block_ipc
         rows = self._rows(n)
         prefix = DistilledSet(self.images[rows], self.labels[rows], self.task.num_classes, n, lr=self.lr)
-        scale = None
+        self.block = k
+        self.base.setup(replace(self.task, ipc=n, outer_steps=self.steps[k]), initial=prefix)
         if k > 0:
             per_position = torch.where(torch.arange(n) < k * b, self.config.beta, 1.0)
-            scale = per_position.repeat(self.task.num_classes)
-        self.block = k
-        self.base.setup(replace(self.task, ipc=n, outer_steps=self.steps[k]), initial=prefix, update_scale=scale)
+            self.base.add_outer_transform("rows", scale_rows(per_position.repeat(self.task.num_classes)))
 
     def _merged(self) -> tuple[torch.Tensor, torch.Tensor, float | None]:
         """The whole set with the base method's current rows written in (new tensors), and its lr."""

@@ -3,7 +3,7 @@
 At every outer step the number of inner steps N is drawn uniformly from [min_unroll, T] and
 the last M are differentiated, so the window lands anywhere along a T-step trajectory.
 Everything else (outer Adam, clipping at 2x an EMA of the meta-gradient norm, unit-norm
-Gaussian init) is the shared outer loop of ``harness.unrolled``. Defaults: CIFAR-10 IPC 10
+Gaussian init) is the shared outer loop of ``harness.method.unrolled``. Defaults: CIFAR-10 IPC 10
 of the official code (T = 200, M = 60, inner and outer Adam at 1e-3, real batch 5000).
 """
 

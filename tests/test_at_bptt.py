@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.data import DataConfig, load_dataset
-from harness.engine import FunctionalModel, class_balanced_schedule, meta_gradient
+from harness.engine import (FunctionalModel, RealBatchLoss, Synthetic, UnrollOptions, class_balanced_schedule,
+                            meta_gradient)
 from harness.engine.lowrank import randomized_eigh
 from harness.method import DistillTask
 from harness.models import ConvNet, ModelConfig
@@ -221,7 +222,7 @@ def _lowrank_problem():
     real_y = torch.randint(0, 3, (30,), generator=gen)
     schedule = class_balanced_schedule(6, 3, 2, generator=gen)
     opt = make_inner_optimizer(InnerOptimizerConfig(name="sgd", lr=0.1, momentum=0.9))
-    args = (model, model.parameters(), opt, 0.1, images, labels, schedule, 4, real_x, real_y)
+    args = (model, model.parameters(), opt, Synthetic(images, labels, 0.1), schedule, 4, RealBatchLoss(real_x, real_y))
     n_params = sum(p.numel() for p in model.parameters())
     return args, n_params
 
@@ -229,9 +230,9 @@ def _lowrank_problem():
 def meta_gradient_cosine(**cfg) -> float:
     """Cosine between the low-rank-Hessian meta-gradient and the exact one (a reporting helper)."""
     args, _ = _lowrank_problem()
-    exact = meta_gradient(*args, mode="recompute").images
+    exact = meta_gradient(*args, UnrollOptions(mode="recompute")).images
     hessian = LowRankHessian(ATBPTTConfig(**cfg), seed=0)
-    approx = meta_gradient(*args, mode="recompute", curvature=hessian.for_step(0)).images
+    approx = meta_gradient(*args, UnrollOptions(mode="recompute", curvature=hessian.for_step(0))).images
     return float(F.cosine_similarity(approx.flatten(), exact.flatten(), dim=0))
 
 
@@ -249,8 +250,9 @@ def test_low_rank_meta_gradient_is_exact_at_full_rank_and_close_below():
 def test_low_rank_hessian_keeps_the_mixed_term():
     """With H replaced by 0 (a rank-k approximation of nothing) the data still get a gradient."""
     args, _ = _lowrank_problem()
-    zero = meta_gradient(*args, mode="recompute", curvature=lambda t, p, v, hvp: tuple(torch.zeros_like(x) for x in v))
-    exact = meta_gradient(*args, mode="recompute")
+    zero = meta_gradient(*args, UnrollOptions(mode="recompute",
+                                              curvature=lambda t, p, v, hvp: tuple(torch.zeros_like(x) for x in v)))
+    exact = meta_gradient(*args, UnrollOptions(mode="recompute"))
     assert zero.images.norm() > 0
     assert float((zero.images - exact.images).norm() / exact.images.norm()) > 1e-3
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.engine.cudagraphs import StepGraphs
-from harness.engine import FunctionalModel, class_balanced_schedule, meta_gradient
+from harness.engine import (FunctionalModel, RealBatchLoss, Synthetic, UnrollOptions, class_balanced_schedule,
+                            meta_gradient)
 from harness.models import ConvNet
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 from harness.models.augment import AugmentConfig
@@ -43,9 +44,10 @@ def test_static_buffer_steps_equal_eager_across_outer_steps(opt):
     lr = torch.tensor(0.05, dtype=DT, requires_grad=True)
     for outer_step in range(3):  # new data each time: the static buffers must be refilled
         images, labels, real_x, real_y, schedule = _problem(outer_step)
-        args = (model, model.parameters(), optimizer, lr, images, labels, schedule, 4, real_x, real_y)
-        eager = meta_gradient(*args, mode="recompute")
-        graphed = meta_gradient(*args, mode="recompute", steps_factory=graphs.factory)
+        args = (model, model.parameters(), optimizer, Synthetic(images, labels, lr), schedule, 4,
+                RealBatchLoss(real_x, real_y))
+        eager = meta_gradient(*args, UnrollOptions(mode="recompute"))
+        graphed = meta_gradient(*args, UnrollOptions(mode="recompute", steps_factory=graphs.factory))
         for key in ("images", "labels", "lr"):
             want, got = getattr(eager, key), getattr(graphed, key)
             assert want.norm() > 0
@@ -58,9 +60,10 @@ def test_graphed_steps_refuse_a_curvature_callback():
     model = FunctionalModel(ConvNet(1, 3, 8, width=4, depth=1).to(DT))
     images, labels, real_x, real_y, schedule = _problem(0)
     with pytest.raises(ValueError, match="curvature"):
-        meta_gradient(model, model.parameters(), make_inner_optimizer(InnerOptimizerConfig()), 0.01, images, labels,
-                      schedule, 3, real_x, real_y, mode="recompute", curvature=lambda t, p, v: v,
-                      steps_factory=StepGraphs(capture=False).factory)
+        meta_gradient(model, model.parameters(), make_inner_optimizer(InnerOptimizerConfig()),
+                      Synthetic(images, labels, 0.01), schedule, 3, RealBatchLoss(real_x, real_y),
+                      UnrollOptions(mode="recompute", curvature=lambda t, p, v: v,
+                                    steps_factory=StepGraphs(capture=False).factory))
 
 
 @pytest.mark.cuda
@@ -73,9 +76,46 @@ def test_captured_graphs_match_eager_on_cuda():
     graphs = StepGraphs(capture=True)
     for outer_step in range(2):
         images, labels, real_x, real_y, schedule = _problem(outer_step, "cuda", dtype)
-        args = (model, model.parameters(), optimizer, 0.05, images, labels, schedule, 5, real_x, real_y)
-        eager = meta_gradient(*args, mode="recompute")
-        graphed = meta_gradient(*args, mode="recompute", steps_factory=graphs.factory)
+        args = (model, model.parameters(), optimizer, Synthetic(images, labels, 0.05), schedule, 5,
+                RealBatchLoss(real_x, real_y))
+        eager = meta_gradient(*args, UnrollOptions(mode="recompute"))
+        graphed = meta_gradient(*args, UnrollOptions(mode="recompute", steps_factory=graphs.factory))
         for key in ("images", "labels"):
             want, got = getattr(eager, key), getattr(graphed, key)
             assert float((got - want).norm() / want.norm()) < 1e-10, key
+
+
+def test_step_bodies_that_do_not_match_their_graph_slots_fail_loudly():
+    """The graphs bind their static buffers to the step bodies' arguments by name: a body whose
+    argument is renamed, added or dropped fails when its graph is built, and so does a copy into
+    a slot that does not exist (a positional mirror would have fed the wrong buffers silently)."""
+    from harness.engine.cudagraphs import GraphedSteps, check_slots
+
+    class Renamed(GraphedSteps):
+        def forward_body(self, *, flat, aux, idx, theta, images, labels, step_lr):  # lr renamed
+            return super().forward_body(flat=flat, aux=aux, idx=idx, theta=theta, images=images, labels=labels,
+                                        lr=step_lr)
+
+    graphs = StepGraphs(capture=False)
+
+    def factory(*args, **kwargs):
+        steps = Renamed(*args, **kwargs)
+        steps.graphs = graphs
+        return steps
+
+    model = FunctionalModel(ConvNet(1, 3, 8, width=4, depth=1).to(DT))
+    images, labels, real_x, real_y, schedule = _problem(0)
+    with pytest.raises(TypeError, match=r"arguments without a slot \['step_lr'\], slots without an argument \['lr'\]"):
+        meta_gradient(model, model.parameters(), make_inner_optimizer(InnerOptimizerConfig()),
+                      Synthetic(images, labels, 0.01), schedule, 3, RealBatchLoss(real_x, real_y),
+                      UnrollOptions(mode="recompute", steps_factory=factory))
+    slots = {"flat": None, "lr": None}
+    check_slots(lambda *, flat, lr, t=None: None, slots)  # an extra argument with a default is fine
+    for body in (lambda *, flat: None, lambda *, flat, lr, extra: None, lambda flat, *rest: None):
+        with pytest.raises(TypeError):
+            check_slots(body, slots)
+    images, labels, real_x, real_y, schedule = _problem(1)
+    steps = graphs.factory(model, make_inner_optimizer(InnerOptimizerConfig()), images, labels, 0.01, schedule)
+    steps.init(model.parameters())
+    with pytest.raises(KeyError, match="no graph slot 'learning_rate'"):
+        steps._entry["forward"].load(learning_rate=torch.zeros(()))

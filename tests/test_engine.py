@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import torchopt
 
 from harness.models.augment import AugmentConfig
-from harness.engine import FunctionalModel, InnerSchedule, class_balanced_schedule, inner_step, meta_gradient
+from harness.engine import (FunctionalModel, InnerSchedule, OuterValue, RealBatchLoss, Synthetic, UnrollOptions,
+                            class_balanced_schedule, inner_step, meta_gradient)
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 
 DT = torch.float64
@@ -60,7 +61,8 @@ def ref_sqrt(v):
     return torch.where(v > 0, safe.sqrt(), torch.zeros_like(v))
 
 
-def reference_meta_gradient(cfg, params0, lr, images, labels, schedule, window, real_x, real_y):
+def reference_meta_gradient(cfg, params0, lr, images, labels, schedule, window, real_x, real_y, outer_loss=None):
+    """The meta-gradient of the real-batch cross entropy after the unroll (or of ``outer_loss(params)``)."""
     n = len(schedule)
     params = [p.detach().clone() for p in params0]
     bufs = [torch.zeros_like(p) for p in params]  # momentum, or Adam's first moment
@@ -101,7 +103,7 @@ def reference_meta_gradient(cfg, params0, lr, images, labels, schedule, window, 
             params = [p.detach() for p in params]
             bufs = [b.detach() for b in bufs]
             sqs = [s.detach() for s in sqs]
-    outer = F.cross_entropy(net_forward(params, real_x), real_y)
+    outer = F.cross_entropy(net_forward(params, real_x), real_y) if outer_loss is None else outer_loss(params)
     wrt = [w for w in (images, labels, lr) if w.requires_grad]
     return dict(zip(["images", "labels", "lr"][: len(wrt)], torch.autograd.grad(outer, wrt)))
 
@@ -151,12 +153,55 @@ def test_meta_gradient_matches_hand_written_unroll(opt_name, window, mode):
     net, images, labels, lr, schedule, real_x, real_y = make_problem()
     params0 = FunctionalModel(net).parameters()
     ref = reference_meta_gradient(cfg, params0, lr, images, labels, schedule, window, real_x, real_y)
-    got = meta_gradient(FunctionalModel(net), params0, make_inner_optimizer(cfg), lr, images, labels, schedule,
-                        window, real_x, real_y, mode=mode, real_chunk=5 if mode == "recompute" else None)
+    objective = RealBatchLoss(real_x, real_y, chunk=5 if mode == "recompute" else None)
+    got = meta_gradient(FunctionalModel(net), params0, make_inner_optimizer(cfg), Synthetic(images, labels, lr),
+                        schedule, window, objective, UnrollOptions(mode=mode))
     for key, want in ref.items():
         assert torch.isfinite(getattr(got, key)).all()
         assert want.norm() > 0
         assert rel_err(getattr(got, key), want) < 1e-8, key
+
+
+class ParameterMatching:
+    """Trajectory matching's outer loss, ``||theta_N - target||^2 / ||start - target||^2``: an
+    objective the engine knows nothing about, written as any method would write its own."""
+
+    metric_name = "normalized squared distance"
+
+    def __init__(self, start, target):
+        self.target = target
+        self.scale = sum(((s - t) ** 2).sum() for s, t in zip(start, target))
+
+    def loss(self, params):
+        return sum(((p - t) ** 2).sum() for p, t in zip(params, self.target)) / self.scale
+
+    def __call__(self, model, params, trajectories=1):
+        assert trajectories == 1
+        loss = self.loss(params).detach()
+        return OuterValue(loss, loss, tuple(2 * (p - t) / self.scale for p, t in zip(params, self.target)))
+
+
+@pytest.mark.parametrize("opt_name", ["sgd_momentum_wd", "adam"])
+@pytest.mark.parametrize("mode", ["full", "recompute"])
+def test_another_outer_objective_matches_the_hand_written_unroll(opt_name, mode):
+    """The objective seam: the meta-gradient of a parameter-matching loss at the final parameters
+    equals the reference unroll differentiated through the same loss."""
+    cfg = OPTIMIZERS[opt_name]
+    net, images, labels, lr, schedule, real_x, real_y = make_problem(seed=2)
+    params0 = FunctionalModel(net).parameters()
+    gen = torch.Generator().manual_seed(9)
+    objective = ParameterMatching(params0, tuple(p + 0.1 * torch.randn(p.shape, generator=gen, dtype=DT)
+                                                 for p in params0))
+    ref = reference_meta_gradient(cfg, params0, lr, images, labels, schedule, 4, real_x, real_y, objective.loss)
+    got = meta_gradient(FunctionalModel(net), params0, make_inner_optimizer(cfg), Synthetic(images, labels, lr),
+                        schedule, 4, objective, UnrollOptions(mode=mode))
+    cross_entropy = meta_gradient(FunctionalModel(net), params0, make_inner_optimizer(cfg),
+                                  Synthetic(images, labels, lr), schedule, 4, RealBatchLoss(real_x, real_y))
+    assert float(got.outer_loss) == pytest.approx(float(objective.loss(got.final_params)), rel=1e-12)
+    for key, want in ref.items():
+        assert want.norm() > 0
+        assert rel_err(getattr(got, key), want) < 1e-8, key
+        assert rel_err(getattr(cross_entropy, key), want) > 1e-2  # guard: the objective did change the gradient
 
 
 def test_truncation_changes_the_gradient():
@@ -165,8 +210,9 @@ def test_truncation_changes_the_gradient():
     net, images, labels, lr, schedule, real_x, real_y = make_problem()
     params0 = FunctionalModel(net).parameters()
     opt = make_inner_optimizer(cfg)
-    full = meta_gradient(FunctionalModel(net), params0, opt, lr, images, labels, schedule, 6, real_x, real_y)
-    short = meta_gradient(FunctionalModel(net), params0, opt, lr, images, labels, schedule, 2, real_x, real_y)
+    synthetic, objective = Synthetic(images, labels, lr), RealBatchLoss(real_x, real_y)
+    full = meta_gradient(FunctionalModel(net), params0, opt, synthetic, schedule, 6, objective)
+    short = meta_gradient(FunctionalModel(net), params0, opt, synthetic, schedule, 2, objective)
     assert rel_err(short.images, full.images) > 1e-3
     assert torch.allclose(short.outer_loss, full.outer_loss)  # same forward trajectory
 
@@ -180,9 +226,10 @@ def test_recompute_equals_full_on_convnet_every_optimizer():
     model = FunctionalModel(module)
     for cfg in OPTIMIZERS.values():
         opt = make_inner_optimizer(cfg)
-        a = meta_gradient(model, model.parameters(), opt, lr, images, labels, schedule, 4, real_x, real_y)
-        b = meta_gradient(model, model.parameters(), opt, lr, images, labels, schedule, 4, real_x, real_y,
-                          mode="recompute", real_chunk=3)
+        synthetic = Synthetic(images, labels, lr)
+        a = meta_gradient(model, model.parameters(), opt, synthetic, schedule, 4, RealBatchLoss(real_x, real_y))
+        b = meta_gradient(model, model.parameters(), opt, synthetic, schedule, 4,
+                          RealBatchLoss(real_x, real_y, chunk=3), UnrollOptions(mode="recompute"))
         for key in ("images", "labels", "lr"):
             assert rel_err(getattr(b, key), getattr(a, key)) < 1e-10
 
@@ -222,8 +269,8 @@ def test_meta_gradient_matches_higher(case):
                                        real_y)
     model = FunctionalModel(net)
     for mode in ("full", "recompute"):
-        got = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), lr, images, labels, schedule,
-                            window, real_x, real_y, mode=mode)
+        got = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), Synthetic(images, labels, lr),
+                            schedule, window, RealBatchLoss(real_x, real_y), UnrollOptions(mode=mode))
         for key, want in zip(("images", "labels", "lr"), oracle):
             assert rel_err(getattr(got, key), want) < 1e-8, (mode, key)
 
@@ -243,12 +290,13 @@ def test_adam_zero_gradient_parameter_gives_finite_meta_gradient():
     grads = torch.autograd.grad(F.cross_entropy(net(real_x), real_y), [net.b, net.gn_b])
     assert all(g[0] == 0 for g in grads)  # the premise: exactly-zero gradients
     plain = torchopt.adam(lr=1.0)  # eps_root = 0: sqrt'(0) = inf
-    bad = meta_gradient(model, model.parameters(), plain, lr, images, labels, schedule, 6, real_x, real_y)
+    synthetic, objective = Synthetic(images, labels, lr), RealBatchLoss(real_x, real_y)
+    bad = meta_gradient(model, model.parameters(), plain, synthetic, schedule, 6, objective)
     assert torch.isnan(bad.images).any()  # the failure the masked sqrt exists for
     for cfg in (InnerOptimizerConfig(name="adam"), InnerOptimizerConfig(name="adam", sqrt="eps_root", eps_root=1e-16)):
         for mode in ("full", "recompute"):
-            good = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), lr, images, labels, schedule,
-                                 6, real_x, real_y, mode=mode)
+            good = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), synthetic, schedule, 6,
+                                 objective, UnrollOptions(mode=mode))
             for g in (good.images, good.labels, good.lr):
                 assert torch.isfinite(g).all()
             assert good.images.norm() > 0
@@ -277,8 +325,8 @@ def test_grad_norm_probe_matches_direct_computation():
     net, images, labels, lr, schedule, real_x, real_y = make_problem(augment=False)
     model = FunctionalModel(net)
     cfg = InnerOptimizerConfig(name="sgd", lr=0.05, momentum=0.0)
-    got = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), lr, images, labels, schedule, 2,
-                        real_x, real_y)
+    got = meta_gradient(model, model.parameters(), make_inner_optimizer(cfg), Synthetic(images, labels, lr),
+                        schedule, 2, RealBatchLoss(real_x, real_y))
     params = [p.detach() for p in model.parameters()]
     for t in range(len(schedule)):
         ps = [p.requires_grad_() for p in params]
@@ -295,7 +343,8 @@ def test_window_out_of_range_is_rejected():
     opt = make_inner_optimizer(OPTIMIZERS["adam"])
     for window in (0, len(schedule) + 1):
         with pytest.raises(ValueError, match="window"):
-            meta_gradient(model, model.parameters(), opt, lr, images, labels, schedule, window, real_x, real_y)
+            meta_gradient(model, model.parameters(), opt, Synthetic(images, labels, lr), schedule, window,
+                          RealBatchLoss(real_x, real_y))
 
 
 def test_offloaded_snapshots_are_copies_and_change_nothing(monkeypatch):
@@ -303,23 +352,24 @@ def test_offloaded_snapshots_are_copies_and_change_nothing(monkeypatch):
     and the reverse pass rebuilds step t from exactly step t's copy (in reverse order); the
     meta-gradient is the same as without offloading."""
     import harness.engine.unroll as unroll
+    from harness.engine.steps import UnrollSteps
 
     net, images, labels, lr, schedule, real_x, real_y = make_problem()
     model = FunctionalModel(net)
     opt = make_inner_optimizer(OPTIMIZERS["adam"])
-    args = (model, model.parameters(), opt, lr, images, labels, schedule, 5, real_x, real_y)
-    plain = meta_gradient(*args, mode="recompute")
+    args = (model, model.parameters(), opt, Synthetic(images, labels, lr), schedule, 5, RealBatchLoss(real_x, real_y))
+    plain = meta_gradient(*args, UnrollOptions(mode="recompute"))
     copies, reversed_from = [], []
     monkeypatch.setattr(unroll, "_to_host", lambda carry: copies.append(
         (carry[0].clone(), tuple(a.clone() for a in carry[1]))) or copies[-1])
-    real_reverse = unroll.UnrollSteps.reverse
+    real_reverse = UnrollSteps.reverse
 
     def spy(self, t, carry, adjoint):
         reversed_from.append((t, carry[0]))
         return real_reverse(self, t, carry, adjoint)
 
-    monkeypatch.setattr(unroll.UnrollSteps, "reverse", spy)
-    offloaded = meta_gradient(*args, mode="recompute", offload_snapshots=True)
+    monkeypatch.setattr(UnrollSteps, "reverse", spy)
+    offloaded = meta_gradient(*args, UnrollOptions(mode="recompute", offload_snapshots=True))
     assert len(copies) == 5  # one snapshot per step of the window
     assert [t for t, _ in reversed_from] == [5, 4, 3, 2, 1]  # N = 6, window 5: steps 1..5, backwards
     assert all(flat is copies[t - 1][0] for t, flat in reversed_from)
@@ -335,12 +385,13 @@ def test_offloaded_snapshots_on_cuda_give_the_same_meta_gradient():
     device = torch.device("cuda")
     model = FunctionalModel(net.to(device))
     opt = make_inner_optimizer(OPTIMIZERS["adam"])
-    args = (model, model.parameters(), opt, lr.to(device) if isinstance(lr, torch.Tensor) else lr,
-            images.detach().to(device).requires_grad_(images.requires_grad),
-            labels.detach().to(device).requires_grad_(labels.requires_grad),
-            type(schedule)(schedule.indices.to(device), None if schedule.affine is None else schedule.affine.to(device)),
-            5, real_x.to(device), real_y.to(device))
-    plain = meta_gradient(*args, mode="recompute")
-    offloaded = meta_gradient(*args, mode="recompute", offload_snapshots=True)
+    synthetic = Synthetic(images.detach().to(device).requires_grad_(images.requires_grad),
+                          labels.detach().to(device).requires_grad_(labels.requires_grad),
+                          lr.to(device) if isinstance(lr, torch.Tensor) else lr)
+    affine = None if schedule.affine is None else schedule.affine.to(device)
+    objective = RealBatchLoss(real_x.to(device), real_y.to(device))
+    args = (model, model.parameters(), opt, synthetic, type(schedule)(schedule.indices.to(device), affine), 5, objective)
+    plain = meta_gradient(*args, UnrollOptions(mode="recompute"))
+    offloaded = meta_gradient(*args, UnrollOptions(mode="recompute", offload_snapshots=True))
     for key in ("images", "labels", "lr"):
         torch.testing.assert_close(getattr(offloaded, key), getattr(plain, key), rtol=1e-12, atol=0)

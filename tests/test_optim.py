@@ -101,3 +101,33 @@ def test_an_option_the_optimizer_would_ignore_is_refused(cfg, field):
 
 def test_the_registry_holds_both_optimizers():
     assert OPTIMIZERS.names() == ["adam", "sgd"]
+
+
+def test_each_optimizer_has_its_own_config_class():
+    """A union discriminated on ``name``: the base type builds the named optimizer's config, which
+    holds only the options that optimizer reads."""
+    from harness.engine.optim import AdamConfig, SGDConfig
+
+    sgd, adam = InnerOptimizerConfig(name="sgd", lr=0.1), InnerOptimizerConfig(lr=0.1)
+    assert type(sgd) is SGDConfig and type(adam) is AdamConfig and isinstance(sgd, InnerOptimizerConfig)
+    assert not hasattr(sgd, "betas") and not hasattr(adam, "momentum")
+    method = create_method("tbptt", inner={"name": "sgd", "momentum": 0.5})
+    assert type(method.config.inner) is SGDConfig and method.config.inner.momentum == 0.5
+    for name, cls in OPTIMIZERS.items():
+        assert cls.Config.model_fields["name"].default == name
+
+
+def test_dumps_keep_the_flat_fields_so_run_ids_do_not_move():
+    """The dump is hashed into run ids: every config of sgd and adam dumps the fields of the one
+    flat config ddbench had before the union (the other optimizer's at their defaults), and such a
+    dump validates back to the same config."""
+    sgd = InnerOptimizerConfig(name="sgd", lr=0.01, momentum=0.5)
+    assert sgd.model_dump(mode="json") == {
+        "name": "sgd", "lr": 0.01, "momentum": 0.5, "nesterov": False, "weight_decay": 0.0, "betas": [0.9, 0.999],
+        "eps": 1e-8, "sqrt": "masked", "eps_root": 0.0, "eps_convention": "torch"}
+    for cfg in CONFIGS:
+        config = InnerOptimizerConfig(**cfg)
+        assert InnerOptimizerConfig(**config.model_dump(mode="json")) == config
+        assert InnerOptimizerConfig(**config.model_dump()) == config
+    method = create_method("rat_bptt", inner={"name": "sgd", "lr": 0.01})
+    assert create_method("rat_bptt", **method.config.model_dump(mode="json")).config == method.config

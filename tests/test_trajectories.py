@@ -13,8 +13,8 @@ import copy
 import pytest
 import torch
 
-from harness.engine import (FunctionalModel, Trajectories, class_balanced_schedule, meta_gradient,
-                            stack_schedules)
+from harness.engine import (FunctionalModel, RealBatchLoss, Synthetic, Trajectories, UnrollOptions,
+                            class_balanced_schedule, meta_gradient, stack_schedules)
 from harness.engine.cudagraphs import StepGraphs
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 from harness.models import AugmentConfig, ConvNet, reinitialize
@@ -56,16 +56,16 @@ def single_and_batched(plan: Trajectories, opt: str, mode: str, *, real_chunk=No
     singles = []
     for net, schedule, (rx, ry), m in zip(nets, schedules, reals, plan.windows):
         model = FunctionalModel(net)
-        singles.append(meta_gradient(model, model.parameters(), optimizer, lr, images, labels, schedule, m, rx, ry,
-                                     mode=mode, real_chunk=real_chunk))
+        singles.append(meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, lr), schedule, m,
+                                     RealBatchLoss(rx, ry, real_chunk), UnrollOptions(mode=mode)))
     batched_net = BatchedConvNet(template, plan.count).to(DT)
     batched_net.load_blocks(nets)
     model = FunctionalModel(batched_net)
     real_x = torch.cat([rx for rx, _ in reals])
     real_y = torch.cat([ry for _, ry in reals])
-    batched = meta_gradient(model, model.parameters(), optimizer, lr, images, labels, stack_schedules(schedules),
-                            plan.window, real_x, real_y, mode=mode, real_chunk=real_chunk, trajectories=plan,
-                            steps_factory=factory)
+    batched = meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, lr),
+                            stack_schedules(schedules), plan.window, RealBatchLoss(real_x, real_y, real_chunk),
+                            UnrollOptions(mode=mode, trajectories=plan, steps_factory=factory))
     return singles, batched
 
 
@@ -122,7 +122,8 @@ def test_padding_changes_nothing_for_the_longest_trajectory_but_is_not_ignored_f
     optimizer = make_inner_optimizer(OPTIMIZERS["sgd_momentum"])
     model = FunctionalModel(nets[0])
     longer = class_balanced_schedule(8, CLASSES, IPC, per_class=2, generator=torch.Generator().manual_seed(0))
-    over = meta_gradient(model, model.parameters(), optimizer, 0.1, images, labels, longer, 2, *reals[0])
+    over = meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, 0.1), longer, 2,
+                         RealBatchLoss(*reals[0]))
     singles, batched = single_and_batched(plan, "sgd_momentum", "recompute", augment=False)
     block = BatchedConvNet(template, 2).block(batched.final_params, 0)
     assert all(torch.allclose(b, s, rtol=0, atol=1e-12) for b, s in zip(block, singles[0].final_params))
@@ -138,8 +139,8 @@ def test_plan_and_schedule_mismatches_are_refused():
     real_x = torch.cat([rx for rx, _ in reals])
     real_y = torch.cat([ry for _, ry in reals])
     with pytest.raises(ValueError, match="trajectories span 9 steps"):
-        meta_gradient(model, model.parameters(), optimizer, 0.1, images, labels, stack_schedules(schedules),
-                      plan.window - 1, real_x, real_y, trajectories=plan)
+        meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, 0.1), stack_schedules(schedules),
+                      plan.window - 1, RealBatchLoss(real_x, real_y), UnrollOptions(trajectories=plan))
     with pytest.raises(ValueError, match="window must be in"):
         Trajectories(unrolls=(3,), windows=(4,))
 
@@ -236,8 +237,9 @@ def test_batched_trajectories_on_cuda_with_captured_graphs_are_the_mean_of_the_s
     singles = []
     for net, schedule, (rx, ry), m in zip(nets, schedules, reals, plan.windows):
         model = FunctionalModel(net.to(device))
-        singles.append(meta_gradient(model, model.parameters(), optimizer, 0.01, images, labels, schedule, m,
-                                     rx.to(device), ry.to(device), mode="recompute").images)
+        single = meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, 0.01), schedule, m,
+                               RealBatchLoss(rx.to(device), ry.to(device)), UnrollOptions(mode="recompute"))
+        singles.append(single.images)
     batched_net = BatchedConvNet(template, plan.count).to(device, DT)
     batched_net.load_blocks(nets)
     model = FunctionalModel(batched_net)
@@ -245,7 +247,8 @@ def test_batched_trajectories_on_cuda_with_captured_graphs_are_the_mean_of_the_s
     real_y = torch.cat([ry for _, ry in reals]).to(device)
     graphs = StepGraphs(capture=True)
     for _ in range(2):  # captured on the first call, replayed on the second
-        got = meta_gradient(model, model.parameters(), optimizer, 0.01, images, labels, stack_schedules(schedules),
-                            plan.window, real_x, real_y, mode="recompute", trajectories=plan,
-                            steps_factory=graphs.factory, offload_snapshots=True)
+        got = meta_gradient(model, model.parameters(), optimizer, Synthetic(images, labels, 0.01),
+                            stack_schedules(schedules), plan.window, RealBatchLoss(real_x, real_y),
+                            UnrollOptions(mode="recompute", trajectories=plan, steps_factory=graphs.factory,
+                                          offload_snapshots=True))
         assert rel(got.images, torch.stack(singles).mean(0)) < 1e-10

@@ -6,10 +6,15 @@
   at learning rate 1 (the engine applies ``params + lr * updates`` itself, so that the inner lr
   can be a tensor with a meta-gradient).
 * :meth:`InnerOptimizer.trainer` is the stateful ``torch.optim`` form that plain training
-  (evaluation, the analyses' networks) uses. Both are built from the same validated
-  :class:`InnerOptimizerConfig`; an option that ``torch.optim`` cannot express (Adam's
-  ``eps_root``, the ``higher`` eps convention) is honoured by running the functional form
-  itself (:class:`TransformOptimizer`), never silently dropped.
+  (evaluation, the analyses' networks) uses. Both are built from the same validated config;
+  an option that ``torch.optim`` cannot express (Adam's ``eps_root``, the ``higher`` eps
+  convention) is honoured by running the functional form itself (:class:`TransformOptimizer`),
+  never silently dropped.
+
+The configs are a union discriminated on ``name``: each optimizer has its own config class
+(:class:`SGDConfig`, :class:`AdamConfig`: its options only), and :class:`InnerOptimizerConfig`,
+the type a config field declares, builds the one ``name`` names; an option of another optimizer
+is one error naming the field.
 
 Adam's square root has an infinite derivative at zero. A parameter whose gradient is always
 zero (a conv bias before instance norm) keeps its second moment at exactly zero, and the
@@ -30,72 +35,178 @@ meta-gradient through ``sqrt(v)`` becomes ``0 * inf = NaN``. Two remedies are of
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torchopt
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, SerializationInfo, field_validator, model_serializer, model_validator
 from torchopt.base import GradientTransformation
 
+from harness.core.config import NestedConfigError
+from harness.core.errors import ConfigError
 from harness.core.registry import Registry
 
-OPTIMIZERS: Registry[type["InnerOptimizer"]] = Registry("inner optimizer")
+# The fields of the one flat config of ddbench before the union, at their defaults: the configs of
+# the optimizers registered then (sgd, adam) still dump them (the dump is hashed into run ids),
+# and so accept them back at exactly these values.
+FLAT_DEFAULTS: dict[str, Any] = {"momentum": 0.9, "nesterov": False, "betas": (0.9, 0.999), "eps": 1e-8,
+                                 "sqrt": "masked", "eps_root": 0.0, "eps_convention": "torch"}
+
+
+def _refuse(field: str, message: str) -> NestedConfigError:
+    """A config error naming ``field`` of the optimizer's table (the caller's field path goes before it)."""
+    return NestedConfigError(ConfigError(message, field=field))
 
 
 class InnerOptimizerConfig(BaseModel):
-    """The optimizer that trains a network on the synthetic set (and in evaluation)."""
+    """The optimizer that trains a network on the synthetic set (and in evaluation).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    A union discriminated on ``name``: each registered optimizer has its own config class
+    (:class:`SGDConfig`, :class:`AdamConfig`) holding only the options it reads, so an option of
+    another optimizer cannot be written (one error naming the field). This base class is the
+    type a config field declares: validating it from a table, or calling
+    ``InnerOptimizerConfig(name="sgd", ...)``, gives the named optimizer's config.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, polymorphic_serialization=True)
+    dumps_flat: ClassVar[bool] = False  # dump :data:`FLAT_DEFAULTS` too (the optimizers of the flat config)
 
     name: str = "adam"  # a registered inner optimizer: sgd, adam
     lr: float = 1e-3
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
     weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)  # adam only
-    eps: float = 1e-8  # adam only
-    sqrt: Literal["masked", "eps_root"] = "masked"  # adam only
-    eps_root: float = 0.0  # adam only, with sqrt="eps_root"
-    eps_convention: Literal["torch", "higher"] = "torch"  # adam only
 
-    @field_validator("name")
+    def __new__(cls, *args: Any, **data: Any):
+        if cls is InnerOptimizerConfig:  # the base names no optimizer: build the one ``name`` names
+            return InnerOptimizerConfig.model_validate(data)
+        return super().__new__(cls)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _registered(cls, name: str) -> str:
-        if name not in OPTIMIZERS:
-            raise ValueError(f"unknown inner optimizer {name!r} (registered: {', '.join(OPTIMIZERS.names())})")
-        return name
+    def _dispatch(cls, data: Any, handler):
+        if not isinstance(data, dict):
+            return handler(data)
+        data = dict(data)
+        target = cls
+        if cls is InnerOptimizerConfig:
+            name = data.setdefault("name", "adam")
+            if name not in OPTIMIZERS:
+                raise _refuse("name", f"unknown inner optimizer {name!r} (registered: {', '.join(OPTIMIZERS.names())})")
+            target = OPTIMIZERS.get(name).Config
+        for key in [k for k in data if k not in target.model_fields]:
+            value = data[key]
+            if target.dumps_flat and key in FLAT_DEFAULTS and _same(value, FLAT_DEFAULTS[key]):
+                del data[key]  # a flat dump read back
+            elif key in FLAT_DEFAULTS or any(key in c.Config.model_fields for _, c in OPTIMIZERS.items()):
+                reads = ", ".join(k for k in target.model_fields if k != "name")
+                name = data.get("name", target.model_fields["name"].default)
+                raise _refuse(key, f"{key} does not apply to the {name} optimizer (it reads: {reads})")
+        return handler(data) if target is cls else target.model_validate(data)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler, info: SerializationInfo):
+        data = handler(self)
+        if self.dumps_flat and isinstance(data, dict):
+            for key, value in FLAT_DEFAULTS.items():
+                data.setdefault(key, list(value) if info.mode_is_json() and isinstance(value, tuple) else value)
+        return data
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, lr: float) -> float:
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        return lr
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _non_negative_decay(cls, weight_decay: float) -> float:
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        return weight_decay
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)) and tuple(value) == default
+    return type(value) is type(default) and value == default
+
+
+class SGDConfig(InnerOptimizerConfig):
+    """SGD with (Nesterov) momentum and L2 weight decay, dampening 0."""
+
+    dumps_flat: ClassVar[bool] = True
+    name: Literal["sgd"] = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+
+    @field_validator("momentum")
+    @classmethod
+    def _momentum_in_range(cls, momentum: float) -> float:
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        return momentum
 
     @model_validator(mode="after")
-    def _check(self) -> "InnerOptimizerConfig":
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        if self.eps < 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps}")
-        OPTIMIZERS.get(self.name).check(self)
+    def _nesterov_needs_momentum(self) -> "SGDConfig":
+        if self.nesterov and self.momentum == 0:
+            raise _refuse("nesterov", "nesterov needs momentum > 0")
         return self
 
 
-class InnerOptimizer:
-    """A registered inner optimizer: its options, its functional form and its training form."""
+class AdamConfig(InnerOptimizerConfig):
+    """Adam with L2 weight decay; the square root masked at zero or shifted by eps_root."""
 
-    # The config fields this optimizer reads besides name, lr and weight_decay; every other
-    # field must keep its default (a value that would be ignored is refused instead).
-    options: ClassVar[tuple[str, ...]] = ()
+    dumps_flat: ClassVar[bool] = True
+    name: Literal["adam"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    sqrt: Literal["masked", "eps_root"] = "masked"
+    eps_root: float = 0.0  # with sqrt="eps_root"
+    eps_convention: Literal["torch", "higher"] = "torch"
 
+    @field_validator("betas")
     @classmethod
-    def check(cls, cfg: InnerOptimizerConfig) -> None:
-        for name, info in InnerOptimizerConfig.model_fields.items():
-            if name in ("name", "lr", "weight_decay", *cls.options):
-                continue
-            if getattr(cfg, name) != info.default:
-                raise ValueError(f"{name} does not apply to the {cfg.name} optimizer (it reads: "
-                                 f"{', '.join(('lr', 'weight_decay', *cls.options))})")
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be in [0, 1), got {betas}")
+        return betas
+
+    @field_validator("eps")
+    @classmethod
+    def _non_negative_eps(cls, eps: float) -> float:
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        return eps
+
+    @model_validator(mode="after")
+    def _eps_root_with_its_sqrt(self) -> "AdamConfig":
+        if self.sqrt == "eps_root":
+            if not self.eps_root > 0:
+                raise _refuse("eps_root", "sqrt='eps_root' needs eps_root > 0 (eps_root = 0 gives NaN meta-gradients)")
+            if self.eps_convention != "torch":
+                raise _refuse("eps_convention", "sqrt='eps_root' uses torchopt.adam, whose eps_convention is 'torch'")
+        elif self.eps_root != 0:
+            raise _refuse("eps_root", "eps_root applies to sqrt = 'eps_root' only")
+        return self
+
+
+def _check_optimizer(name: str, cls: type) -> None:
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and issubclass(config, InnerOptimizerConfig)
+            and config.model_fields["name"].default == name):
+        raise TypeError(f"inner optimizer {name!r}: {getattr(cls, '__name__', cls)}.Config must be an "
+                        f"InnerOptimizerConfig subclass whose name is Literal[{name!r}] = {name!r}")
+
+
+OPTIMIZERS: Registry[type["InnerOptimizer"]] = Registry("inner optimizer", group="ddbench.optimizers",
+                                                        builtins="harness.engine.optim", check=_check_optimizer)
+
+
+class InnerOptimizer:
+    """A registered inner optimizer: its config (an :class:`InnerOptimizerConfig` subclass naming it,
+    with the options it reads), its functional form and its training form."""
+
+    Config: ClassVar[type[InnerOptimizerConfig]]
 
     @classmethod
     def transformation(cls, cfg: InnerOptimizerConfig) -> GradientTransformation:
@@ -111,13 +222,7 @@ class InnerOptimizer:
 class SGD(InnerOptimizer):
     """SGD with (Nesterov) momentum and L2 weight decay, dampening 0."""
 
-    options = ("momentum", "nesterov")
-
-    @classmethod
-    def check(cls, cfg: InnerOptimizerConfig) -> None:
-        super().check(cfg)
-        if cfg.nesterov and cfg.momentum == 0:
-            raise ValueError("nesterov needs momentum > 0")
+    Config = SGDConfig
 
     @classmethod
     def transformation(cls, cfg):
@@ -135,18 +240,7 @@ class SGD(InnerOptimizer):
 class Adam(InnerOptimizer):
     """Adam with L2 weight decay; the square root masked at zero or shifted by eps_root."""
 
-    options = ("betas", "eps", "sqrt", "eps_root", "eps_convention")
-
-    @classmethod
-    def check(cls, cfg: InnerOptimizerConfig) -> None:
-        super().check(cfg)
-        if cfg.sqrt == "eps_root":
-            if not cfg.eps_root > 0:
-                raise ValueError("sqrt='eps_root' needs eps_root > 0 (eps_root = 0 gives NaN meta-gradients)")
-            if cfg.eps_convention != "torch":
-                raise ValueError("sqrt='eps_root' uses torchopt.adam, whose eps_convention is 'torch'")
-        elif cfg.eps_root != 0:
-            raise ValueError("eps_root applies to sqrt = 'eps_root' only")
+    Config = AdamConfig
 
     @classmethod
     def transformation(cls, cfg):

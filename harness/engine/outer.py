@@ -1,11 +1,65 @@
-"""The outer loss: cross entropy of the unrolled network on a real batch, and its accuracy."""
+"""The outer objective: what :func:`harness.engine.meta_gradient` differentiates at the unroll's
+final parameters.
+
+An objective is any callable ``objective(model, params, trajectories) -> OuterValue``: given
+the network and the final parameters (detached), it returns the outer loss, a metric, and the
+loss's gradient in the parameters (the *adjoint* the engine pulls back through the window). The
+default, :class:`RealBatchLoss`, is the cross entropy of the final network on a real batch,
+with its accuracy as the metric. Another objective (trajectory matching's normalized distance
+to an expert's later parameters, say) needs no change in the engine.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from harness.engine.functional import FunctionalModel, Params
+
+
+@dataclass
+class OuterValue:
+    """An outer objective at the final parameters: detached scalars and the params-shaped gradient."""
+
+    loss: torch.Tensor
+    metric: torch.Tensor
+    adjoint: Params  # d loss / d params
+
+
+class OuterObjective(Protocol):
+    """``objective(model, params, trajectories) -> OuterValue`` (see the module docstring).
+
+    ``trajectories`` is K for a block-major network of K trajectories (``harness.models.batched``):
+    the loss is then the mean of the K trajectories' losses; an objective that cannot take
+    several trajectories raises ``ValueError`` for K > 1."""
+
+    metric_name: ClassVar[str]
+
+    def __call__(self, model: FunctionalModel, params: Params, trajectories: int) -> OuterValue: ...
+
+
+@dataclass(frozen=True)
+class RealBatchLoss:
+    """The default outer objective: mean cross entropy of the final network on the real batch
+    ``(x, y)``, its accuracy as the metric, evaluated in chunks of ``chunk`` examples (exact; see
+    :func:`outer_loss_and_grad`). With K trajectories the rows are trajectory-major."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    chunk: int | None = None
+    metric_name: ClassVar[str] = "accuracy"
+
+    def __call__(self, model: FunctionalModel, params: Params, trajectories: int = 1) -> OuterValue:
+        loss, acc, grads = outer_loss_and_grad(model, params, self.x, self.y, self.chunk, trajectories)
+        return OuterValue(loss, acc, grads)
+
+    @classmethod
+    def stacked(cls, objectives: Sequence["RealBatchLoss"]) -> "RealBatchLoss":
+        """K trajectories' real batches as one trajectory-major objective (the first one's chunk)."""
+        return cls(torch.cat([o.x for o in objectives]), torch.cat([o.y for o in objectives]), objectives[0].chunk)
 
 
 def outer_loss_and_grad(

@@ -99,6 +99,30 @@ class TrajectoryMasks:
             return None
         return self.start == t
 
+    def advance(self, t: int, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """The flat carry after step t: ``new`` for the trajectories still training, ``old`` for the frozen."""
+        return masked_step(self.active(t), new, old)
+
+    def pull_back(self, t: int, adjoint: torch.Tensor, vjp) -> torch.Tensor:
+        """The adjoint through :meth:`advance` at step t, ``vjp`` being the step's own: dropped
+        outside a trajectory's window, passed through its frozen steps."""
+        kept = self.differentiated(t)
+        adjoint = adjoint if kept is None else torch.where(kept, adjoint, 0.0)
+        return masked_vjp(self.active(t), adjoint, vjp)
+
+
+class OneTrajectory:
+    """The single trajectory, as the recompute window sees it: every step advances the carry
+    and is differentiated (:class:`TrajectoryMasks`' two methods, without masks)."""
+
+    count = 1
+
+    def advance(self, t: int, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        return new
+
+    def pull_back(self, t: int, adjoint: torch.Tensor, vjp) -> torch.Tensor:
+        return vjp(adjoint)
+
 
 def masked_step(mask: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
     """``new`` where ``mask``, else ``old`` (a frozen trajectory keeps its carry)."""

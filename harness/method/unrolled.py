@@ -5,12 +5,14 @@ each outer step (:meth:`UnrolledMethod.plan`); this class does the rest, as the 
 RaT-BPTT code does:
 
 1. a fresh inner network (new random init) and a mini-batch schedule over the synthetic set;
-2. a real batch (optionally augmented) for the outer loss;
+2. the outer objective: the cross entropy on a real batch (optionally augmented) at the final
+   parameters (:meth:`UnrolledMethod.outer_objective`);
 3. the meta-gradient from ``harness.engine.meta_gradient``;
-4. the images' meta-gradient clipped to ``clip_factor`` x an EMA of its past norms
-   (the current norm enters the EMA first);
-5. an outer Adam step on the images (and, if learned, the soft labels at
-   ``outer_lr / label_lr_scale`` and the log inner lr), labels clipped at >= 0.
+4. the outer update, a chain of transforms (:mod:`harness.method.outer_update`): the images'
+   meta-gradient clipped to ``clip_factor`` x an EMA of its past norms (the current norm
+   enters the EMA first); an outer Adam step on the images (and, if learned, the soft labels
+   at ``outer_lr / label_lr_scale`` and the log inner lr); labels kept >= 0. A wrapper adds
+   its own transforms (:meth:`UnrolledMethod.add_outer_transform`: Boost-DD's row scale).
 """
 
 from __future__ import annotations
@@ -19,54 +21,25 @@ import math
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from harness.core.errors import ConfigError
 from harness.core.process import tf32
 from harness.core.rng import Stream, seed_from, step_seed
-from harness.engine import (FunctionalModel, MetaGradient, Trajectories, class_balanced_schedule, meta_gradient,
-                            stack_schedules)
+from harness.engine import (FunctionalModel, MetaGradient, RealBatchLoss, Synthetic, Trajectories, UnrollOptions,
+                            class_balanced_schedule, meta_gradient, stack_schedules)
+from harness.engine.config import EngineConfig
 from harness.engine.cudagraphs import StepGraphs
 from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer, optimizer_without_lr
+from harness.engine.outer import OuterObjective
 from harness.method.base import DistilledSet, DistillTask, Method
+from harness.method.outer_update import (Transform, adam, adam_state_from_torch, apply_updates, chain,
+                                         clip_to_ema_norm, ema_state, keep_non_negative, pull_back_basis)
 from harness.models import AugmentConfig, augment, create_model, reinitialize
 from harness.models.batched import BatchedConvNet
 
-
-class EngineConfig(BaseModel):
-    """How the meta-gradient is computed: exact in every setting (see ``harness.engine``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mode: Literal["full", "recompute"] = Field(
-        "full", description="full: one graph through the window (memory grows with M); "
-                            "recompute: one step's graph at a time (memory flat in M)")
-    real_chunk: int | None = Field(None, description="outer loss on the real batch in chunks of this size")
-    cuda_graphs: bool = Field(True, description="recompute mode on CUDA: replay the steps as captured CUDA graphs")
-    tf32: bool = Field(False, description="CUDA: TF32 matmuls/convolutions (faster, ~1e-3 relative error)")
-    channels_last: bool = Field(False, description="feed the network channels-last batches (same numbers)")
-    offload_snapshots: bool = Field(True, description="recompute mode on CUDA: keep the window's (params, state) "
-                                                      "snapshots in pinned host memory, so device memory is flat in M")
-    trajectories: int = Field(1, description="K inner trajectories per outer step (own init, schedule, N and M), "
-                                             "run as one batched network; the outer step uses their mean "
-                                             "meta-gradient. 1 = one trajectory, as every paper does")
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        # A field added after records were written is left out at the default that reproduces
-        # them, so the run ids (hashes of the dumped config) of earlier records stay valid.
-        data = handler(self)
-        if isinstance(data, dict) and data.get("trajectories") == 1:
-            del data["trajectories"]
-        return data
-
-    @model_validator(mode="after")
-    def _check(self) -> "EngineConfig":
-        if self.real_chunk is not None and self.real_chunk <= 0:
-            raise ValueError(f"real_chunk must be > 0, got {self.real_chunk}")
-        if self.trajectories < 1:
-            raise ValueError(f"trajectories must be >= 1, got {self.trajectories}")
-        return self
+__all__ = ["EngineConfig", "ParameterizationConfig", "UnrollConfig", "UnrolledMethod", "check_window",
+           "uniform_unroll"]
 
 
 class ParameterizationConfig(BaseModel):
@@ -180,14 +153,22 @@ class UnrolledMethod(Method):
         del step
         return None
 
+    def outer_objective(self, step: int, gen: torch.Generator) -> OuterObjective:
+        """The outer objective of outer step ``step`` (one trajectory's), drawn from ``gen``: by
+        default the cross entropy on a real batch. With K trajectories the K objectives are
+        stacked by their class's ``stacked``."""
+        del step
+        x, y = self._real_batch(gen)
+        return RealBatchLoss(x, y, self.config.engine.real_chunk)
+
     # ------------------------------------------------------------------ checks and setup
 
     tiny_config: ClassVar[dict[str, Any] | None] = {"unroll": 8, "window": 4}
 
-    def check(self, task: DistillTask, *, ipc: int | None = None, scaled_rows: bool = False) -> None:
+    def check(self, task: DistillTask, *, ipc: int | None = None) -> None:
         """What :meth:`setup` would refuse, found without setting up: the network builds for the
-        data, an init from real images has enough of them, a linear basis fits the set (and no
-        per-row update scale, which it cannot honour). ``ipc``/``scaled_rows``: a wrapper's view."""
+        data, an init from real images has enough of them, a linear basis fits the set.
+        ``ipc``: a wrapper's view (Boost-DD's prefix of blocks)."""
         cfg = self.config
         ipc = task.ipc if ipc is None else ipc
         network = create_model(task.model, task.image_shape, task.num_classes)  # a ValueError names the problem
@@ -199,9 +180,6 @@ class UnrolledMethod(Method):
         if cfg.init == "real":
             task.check_real_per_class(ipc)
         if cfg.parameterization.kind == "linear_basis":
-            if scaled_rows:
-                raise ConfigError("a linear basis shares its basis images across rows, so per-row update "
-                                  "scales (Boost-DD's beta) cannot hold rows fixed", field="parameterization")
             rows, pixels = task.num_classes * ipc, math.prod(task.image_shape)
             if cfg.parameterization.bases > min(rows, pixels):
                 raise ConfigError(f"linear basis of {cfg.parameterization.bases} images for {rows} images of "
@@ -216,15 +194,27 @@ class UnrolledMethod(Method):
             labels = torch.nn.functional.one_hot(labels, task.num_classes).to(task.dtype)
         return DistilledSet(images, labels, task.num_classes, task.ipc)
 
-    def setup(self, task: DistillTask, initial: DistilledSet | None = None,
-              update_scale: torch.Tensor | None = None) -> None:
-        """Start from :meth:`initial_set`, or from ``initial``; ``update_scale[i]`` multiplies row i's updates."""
+    def setup(self, task: DistillTask, initial: DistilledSet | None = None) -> None:
+        """Start from :meth:`initial_set`, or from ``initial``."""
         cfg = self.config
-        self.check(task, ipc=None if initial is None else initial.ipc, scaled_rows=update_scale is not None)
+        self.check(task, ipc=None if initial is None else initial.ipc)
         self.task = task
         self.model = FunctionalModel(task.new_model())
         self.optimizer = make_inner_optimizer(cfg.inner)
-        start = self.initial_set(task) if initial is None else initial
+        self._start_from(self.initial_set(task) if initial is None else initial)
+        self.extra_transforms: list[tuple[str, Transform]] = []
+        self.outer_update = self._outer_chain()
+        self.outer_state = self.outer_update.init(self.outer_params())
+        trajectories = cfg.engine.trajectories
+        self.batched = None if trajectories == 1 else FunctionalModel(
+            BatchedConvNet(self.model.module, trajectories).to(task.device, task.dtype))
+        self.step_plan: Trajectories | None = None  # this outer step's (N_k, M_k)
+        # CUDA graphs pay off only where launches dominate: on a GPU. Captured once per run.
+        self.graphs = StepGraphs() if cfg.engine.cuda_graphs and task.device.type == "cuda" else None
+
+    def _start_from(self, start: DistilledSet) -> None:
+        """The learned tensors from ``start``: images (or their linear basis), labels, log inner lr."""
+        cfg, task = self.config, self.task
         images, labels = start.images, start.labels
         self.ipc = images.shape[0] // task.num_classes
         self.images = images.detach().clone().to(task.device, task.dtype).requires_grad_()
@@ -233,28 +223,42 @@ class UnrolledMethod(Method):
         self.labels = labels.detach().clone().to(task.device)
         if cfg.learn_labels:
             self.labels = self.labels.to(task.dtype).requires_grad_()
-        lr0 = initial.lr if cfg.learn_lr and initial is not None and initial.lr is not None else cfg.inner.lr
+        lr0 = start.lr if cfg.learn_lr and start.lr is not None else cfg.inner.lr
         self.log_lr = torch.tensor(math.log(lr0), device=task.device, dtype=task.dtype)
         self.log_lr.requires_grad_(cfg.learn_lr)
-        self.update_scale = None if update_scale is None else update_scale.to(task.device, task.dtype)
         self.basis: tuple[torch.Tensor, torch.Tensor] | None = None  # (C, B) of a linear basis
         if cfg.parameterization.kind == "linear_basis":
             self.basis = _factorize(self.images.detach(), cfg.parameterization.bases)
             self.images = self._images_from_basis()
-        outer_params = list(self.basis) if self.basis is not None else [self.images]
-        groups = [{"params": outer_params, "lr": cfg.outer_lr}]
+
+    def outer_params(self) -> dict[str, torch.Tensor]:
+        """The tensors the outer update changes, by name (the outer Adam's parameter groups, in order)."""
+        params = {"images": self.images} if self.basis is None else {"coeffs": self.basis[0], "bases": self.basis[1]}
+        if self.config.learn_labels:
+            params["labels"] = self.labels
+        if self.config.learn_lr:
+            params["log_lr"] = self.log_lr
+        return params
+
+    def _outer_chain(self) -> Transform:
+        cfg = self.config
+        lrs = {"images": cfg.outer_lr, "coeffs": cfg.outer_lr, "bases": cfg.outer_lr,
+               "labels": cfg.outer_lr / cfg.label_lr_scale, "log_lr": cfg.lr_outer_lr}
+        stages = [] if cfg.clip_ema is None else [("clip", clip_to_ema_norm(cfg.clip_ema, cfg.clip_factor))]
+        if self.basis is not None:
+            stages.append(("basis", pull_back_basis()))
+        stages += [("adam", adam(lrs, cfg.outer_betas, cfg.outer_eps)), *self.extra_transforms]
         if cfg.learn_labels:
-            groups.append({"params": [self.labels], "lr": cfg.outer_lr / cfg.label_lr_scale})
-        if cfg.learn_lr:
-            groups.append({"params": [self.log_lr], "lr": cfg.lr_outer_lr})
-        self.outer_opt = torch.optim.Adam(groups, betas=cfg.outer_betas, eps=cfg.outer_eps)
-        self.grad_norm_ema: float | None = None
-        trajectories = cfg.engine.trajectories
-        self.batched = None if trajectories == 1 else FunctionalModel(
-            BatchedConvNet(self.model.module, trajectories).to(task.device, task.dtype))
-        self.step_plan: Trajectories | None = None  # this outer step's (N_k, M_k)
-        # CUDA graphs pay off only where launches dominate: on a GPU. Captured once per run.
-        self.graphs = StepGraphs() if cfg.engine.cuda_graphs and task.device.type == "cuda" else None
+            stages.append(("labels", keep_non_negative("labels")))
+        return chain(*stages)
+
+    def add_outer_transform(self, name: str, transform: Transform) -> None:
+        """Add ``transform`` to the outer update after Adam (before the labels' clamp): a wrapper's
+        hook (Boost-DD's row scale). Call it after :meth:`setup`, before the first step: the
+        update's state starts afresh."""
+        self.extra_transforms.append((name, transform))
+        self.outer_update = self._outer_chain()
+        self.outer_state = self.outer_update.init(self.outer_params())
 
     def _images_from_basis(self) -> torch.Tensor:
         """``C B`` reshaped to images: a fresh leaf the engine differentiates with respect to."""
@@ -276,7 +280,7 @@ class UnrolledMethod(Method):
         result, info = self.meta_gradient(step)
         metrics = self.observe(step, result)
         grad_norm = self.apply(result)
-        return {"outer_loss": float(result.outer_loss), "outer_acc": float(result.outer_accuracy),
+        return {"outer_loss": float(result.outer_loss), "outer_acc": float(result.outer_metric),
                 "grad_norm": grad_norm, **info, **metrics}
 
     def meta_gradient(self, step: int) -> tuple[MetaGradient, dict[str, float]]:
@@ -291,21 +295,21 @@ class UnrolledMethod(Method):
             self.batched.module.load_block(k, self.model.module)  # trajectory k's fresh init
         plan = Trajectories(tuple(d[0] for d in draws), tuple(d[1] for d in draws))
         self.step_plan = plan
-        real_x, real_y = torch.cat([d[3] for d in draws]), torch.cat([d[4] for d in draws])
-        result = self._unroll(step, self.batched, stack_schedules([d[2] for d in draws]), plan.window, real_x, real_y,
+        objective = type(draws[0][3]).stacked([d[3] for d in draws])
+        result = self._unroll(step, self.batched, stack_schedules([d[2] for d in draws]), plan.window, objective,
                               plan)
         return result, {"unroll": sum(plan.unrolls) / count, "window": sum(plan.windows) / count}
 
     def trajectory_meta_gradient(self, step: int, k: int) -> tuple[MetaGradient, dict[str, float]]:
         """Trajectory k of outer step ``step`` alone (k = 0 is the one a single-trajectory run
         takes); with K trajectories the outer step uses the mean of k = 0 .. K-1."""
-        n_steps, window, schedule, real_x, real_y = self._draw(step, k)
+        n_steps, window, schedule, objective = self._draw(step, k)
         self.step_plan = Trajectories((n_steps,), (window,))
-        result = self._unroll(step, self.model, schedule, window, real_x, real_y)
+        result = self._unroll(step, self.model, schedule, window, objective)
         return result, {"unroll": n_steps, "window": window}
 
     def _draw(self, step: int, k: int):
-        """Trajectory k's draws from its own streams: ``(N, M, schedule, real_x, real_y)``, and its
+        """Trajectory k's draws from its own streams: ``(N, M, schedule, objective)``, and its
         network init left in ``self.model``."""
         seed = self.task.seed
         gen = torch.Generator().manual_seed(
@@ -315,22 +319,22 @@ class UnrolledMethod(Method):
         init = step_seed(seed, step, Stream.NET_INIT) if k == 0 else seed_from(seed, step, Stream.TRAJECTORY_INIT, k)
         reinitialize(self.model.module, init)
         schedule = self.schedule(n_steps, gen)
-        real_x, real_y = self._real_batch(gen)
-        return n_steps, window, schedule, real_x, real_y
+        return n_steps, window, schedule, self.outer_objective(step, gen)
 
-    def _unroll(self, step, model, schedule, window, real_x, real_y, trajectories=None) -> MetaGradient:
+    def _unroll(self, step, model, schedule, window, objective, trajectories=None) -> MetaGradient:
         cfg, task = self.config, self.task
         self.lr = self.log_lr.detach().exp().requires_grad_(cfg.learn_lr)
         curvature = self.curvature(step)
         engine = cfg.engine
         graphs = self.graphs if engine.mode == "recompute" and curvature is None else None
+        options = UnrollOptions(mode=engine.mode, curvature=curvature, channels_last=engine.channels_last,
+                                steps_factory=graphs.factory if graphs else None,
+                                offload_snapshots=engine.offload_snapshots and task.device.type == "cuda",
+                                progress=self.inner_progress, trajectories=trajectories)
         with tf32(engine.tf32 and task.device.type == "cuda"):
-            return meta_gradient(
-                model, model.parameters(), self.optimizer, self.lr, self.images, self.labels, schedule,
-                window, real_x, real_y, mode=engine.mode, real_chunk=engine.real_chunk, curvature=curvature,
-                channels_last=engine.channels_last, steps_factory=graphs.factory if graphs else None,
-                offload_snapshots=engine.offload_snapshots and task.device.type == "cuda",
-                progress=self.inner_progress, trajectories=trajectories)
+            synthetic = Synthetic(self.images, self.labels, self.lr)
+            return meta_gradient(model, model.parameters(), self.optimizer, synthetic, schedule, window, objective,
+                                 options)
 
     def longest_trajectory_norms(self, result: MetaGradient) -> torch.Tensor:
         """``||g_t||`` at every step of this outer step's longest trajectory (no padding steps)."""
@@ -353,40 +357,18 @@ class UnrolledMethod(Method):
         return x, data.train_y[idx]
 
     def apply(self, result: MetaGradient) -> float:
-        """The outer update from ``result`` (clipped, Adam); returns the images' meta-gradient norm."""
-        cfg, lr = self.config, self.lr
-        grad = result.images
-        norm = float(grad.norm())
-        if cfg.clip_ema is not None:
-            self.grad_norm_ema = norm if self.grad_norm_ema is None else (
-                cfg.clip_ema * self.grad_norm_ema + (1 - cfg.clip_ema) * norm)
-            max_norm = cfg.clip_factor * self.grad_norm_ema
-            if norm > max_norm:
-                grad = grad * (max_norm / (norm + 1e-6))  # the same 1e-6 as torch's clip_grad_norm_
-        if self.basis is None:
-            self.images.grad = grad
-        else:  # pull the image-space gradient back to the coefficients and the bases
-            coeffs, bases = self.basis
-            torch.autograd.backward(coeffs @ bases, grad.reshape(coeffs.shape[0], -1))
-        if cfg.learn_labels:
-            self.labels.grad = result.labels
-        if cfg.learn_lr:
-            self.log_lr.grad = result.lr * lr.detach()  # d/dlog(lr) = lr * d/dlr
-        before = self.images.detach().clone() if self.update_scale is not None else None
-        labels_before = self.labels.detach().clone() if before is not None and cfg.learn_labels else None
-        self.outer_opt.step()
-        self.outer_opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            if before is not None:
-                scale = self.update_scale.view(-1, *([1] * (self.images.dim() - 1)))
-                self.images.copy_(before + scale * (self.images - before))
-            if labels_before is not None:  # a row's soft label is part of the row
-                self.labels.copy_(labels_before + self.update_scale[:, None] * (self.labels - labels_before))
-            if cfg.learn_labels:
-                self.labels.clamp_(min=0)
+        """The outer update from ``result`` (the chain of transforms); returns the images' meta-gradient norm."""
+        grads = {"images": result.images}
+        if self.config.learn_labels:
+            grads["labels"] = result.labels
+        if self.config.learn_lr:
+            grads["log_lr"] = result.lr * self.lr.detach()  # d/dlog(lr) = lr * d/dlr
+        params = self.outer_params()
+        updates, self.outer_state = self.outer_update.update(grads, self.outer_state, params)
+        apply_updates(params, updates)
         if self.basis is not None:
             self.images = self._images_from_basis()
-        return norm
+        return float(result.images.norm())
 
     # ------------------------------------------------------------------ results and checkpoints
 
@@ -411,8 +393,7 @@ class UnrolledMethod(Method):
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies, on the CPU): the run goes on updating its own tensors in place."""
         state = {"images": self.images, "labels": self.labels, "log_lr": self.log_lr,
-                 "outer_opt": self.outer_opt.state_dict(), "grad_norm_ema": self.grad_norm_ema,
-                 "basis": None if self.basis is None else list(self.basis)}
+                 "outer_update": self.outer_state, "basis": None if self.basis is None else list(self.basis)}
         # copy=True: one copy of each tensor whatever its device (the other values are fresh or immutable).
         return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), state)
 
@@ -426,5 +407,16 @@ class UnrolledMethod(Method):
                     mine.copy_(saved)
         if self.basis is not None:
             self.images = self._images_from_basis()
-        self.outer_opt.load_state_dict(state["outer_opt"])
-        self.grad_norm_ema = state["grad_norm_ema"]
+        saved = state["outer_update"] if "outer_update" in state else self._outer_state_of_torch_adam(state)
+        # Each saved tensor where (and as what) a fresh state keeps it: the structures must match.
+        self.outer_state = torch.utils._pytree.tree_map(lambda fresh, kept: kept.to(fresh.device, fresh.dtype),
+                                                        self.outer_update.init(self.outer_params()), saved)
+
+    def _outer_state_of_torch_adam(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The chain's state from a checkpoint written before it (a ``torch.optim.Adam`` state dict
+        under ``outer_opt``, the clipping EMA under ``grad_norm_ema``)."""
+        outer = self.outer_update.init(self.outer_params())
+        outer["adam"] = adam_state_from_torch(state["outer_opt"], list(self.outer_params()), outer["adam"])
+        if "clip" in outer:
+            outer["clip"] = ema_state(state["grad_norm_ema"])
+        return outer
