@@ -1,19 +1,24 @@
-"""The README's worked examples run as written: a method, a dataset (as a plug-in found through
-its entry point), an analysis and a table view, each through a real suite run."""
+"""The README's worked examples run as written, each from the file its heading line names: the
+method saved in a checkout's methods/, the dataset, analysis and view in a plug-in package found
+through the README's entry points (a dist-info on a sys.path entry of its own, as pip leaves an
+installed package), each through a real suite run or table."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import shutil
+import subprocess
 import sys
-from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-import harness.core.registry as core_registry
-from conftest import tiny_suite
+from conftest import make_record, tiny_suite
 from harness.core.errors import ConfigError
 from harness.data import DATASETS, DataConfig, load_dataset
 from harness.evaluation import ANALYSES
@@ -22,32 +27,81 @@ from harness.models import ModelConfig
 from harness.report import VIEWS, iter_records
 from test_methods import assert_recompute_equals_full
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
-def example_source(name: str) -> str:
-    match = re.search(rf"<!-- example-{name} -->\s*```python\n(.*?)```", README.read_text(), re.S)
-    assert match, f"README.md lost its <!-- example-{name} --> code block"
-    return match.group(1)
+def example(name: str) -> tuple[str, str]:
+    """The README's example ``name``: the path its heading line names, and its source."""
+    match = re.search(rf"<!-- example-{name} -->\n[^\n`]*`([^`]+)`[^\n]*\n+```python\n(.*?)```", README.read_text(),
+                      re.S)
+    assert match, f"README.md lost its <!-- example-{name} --> code block, or the line naming its file"
+    return match.group(1), match.group(2)
 
 
-def run_example(name: str) -> dict:
-    namespace: dict = {"__name__": f"readme_{name}"}
-    exec(compile(example_source(name), f"{README}#{name}", "exec"), namespace)
-    return namespace
+def readme_entry_points() -> dict[str, dict[str, str]]:
+    """The README's ``[project.entry-points.GROUP]`` tables: group -> {name: "module"}."""
+    match = re.search(r"<!-- example-entry-points -->\n```toml\n(.*?)```", README.read_text(), re.S)
+    assert match, "README.md lost its <!-- example-entry-points --> block"
+    return tomllib.loads(match.group(1))["project"]["entry-points"]
+
+
+def _module_of(path: str) -> str:
+    return path.removesuffix(".py").replace("/", ".")
+
+
+# ----------------------------------------------------------------------------- a method, in methods/
+
+
+def test_readme_method_saved_in_a_checkouts_methods_folder_is_listed(tmp_path):
+    """A clone of ddbench (its harness/ and methods/) with the example saved where the README says:
+    ``ddbench list`` run there shows it, with no list or test edited."""
+    path, source = example("method")
+    assert path.startswith("methods/") and path.endswith(".py"), path
+    checkout = tmp_path / "checkout"
+    for package in ("harness", "methods"):
+        shutil.copytree(REPO / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    assert not (checkout / path).exists()
+    (checkout / path).write_text(source)
+    # python -m puts the clone first on sys.path, ahead of the ddbench this test runs.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DDBENCH_PLUGINS")}
+    out = subprocess.run([sys.executable, "-m", "harness.run.cli", "list", "--suites", str(checkout)], cwd=checkout,
+                         env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert "Truncated BPTT whose window slides" in listed["curriculum_bptt"]
+    assert {"bptt", "tbptt", "rat_bptt"} <= set(listed)
 
 
 @pytest.fixture
-def curriculum_method():
+def curriculum_method(tmp_path, monkeypatch):
+    """The example saved as a checkout's methods/curriculum_bptt.py, that folder on the built-in
+    methods package's path (what the registry walks), and the registry loaded again."""
+    import harness.method.builtin as builtin
+
+    path, source = example("method")
+    (tmp_path / path).parent.mkdir(parents=True)
+    (tmp_path / path).write_text(source)
+    module = f"{builtin.__name__}.{Path(path).stem}"
     with METHODS.scoped():
-        # A user who saved the example as methods/curriculum_bptt.py has it registered already:
-        # the README's code replaces it for this test (and it is put back afterwards).
+        # A user who saved the example in this checkout has it registered already: the README's
+        # file replaces it for this test (and it is put back afterwards).
         METHODS.unregister("curriculum_bptt")
-        yield run_example("method")["CurriculumBPTT"]
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        monkeypatch.setattr(builtin, "__path__", [*builtin.__path__, str((tmp_path / path).parent)])
+        monkeypatch.setattr(METHODS, "_loaded", False)
+        cls = METHODS.get("curriculum_bptt")
+        yield cls
+    sys.modules.pop(module, None)
 
 
 def test_readme_method_registers_validates_and_runs(curriculum_method):
-    assert "curriculum_bptt" in METHODS.names()
+    assert curriculum_method.__module__ == "harness.method.builtin.curriculum_bptt"
     with pytest.raises(ConfigError, match="window"):
         create_method("curriculum_bptt", unroll=10, window=20)
     method = create_method("curriculum_bptt", unroll=8, window=3, stride=2, every=2, real_batch=64)
@@ -63,20 +117,42 @@ def test_readme_method_registers_validates_and_runs(curriculum_method):
     assert_recompute_equals_full("curriculum_bptt", "adam", data.to("cpu", torch.float64))
 
 
+# ----------------------------------------------------------------------------- a plug-in package
+
+PLUGIN_EXAMPLES = {"dataset": "ddbench.datasets", "analysis": "ddbench.analyses", "view": "ddbench.views"}
+
+
 @pytest.fixture
-def npz_plugin(tmp_path, monkeypatch):
-    """The README's dataset as a module outside ddbench, found through a ddbench.datasets entry point."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "readme_npz_dataset.py").write_text(example_source("dataset"))
-    monkeypatch.syspath_prepend(str(plugins))
-    monkeypatch.delitem(sys.modules, "readme_npz_dataset", raising=False)
-    eps = [EntryPoint("npz", "readme_npz_dataset", "ddbench.datasets")]
-    real = core_registry.entry_points
-    monkeypatch.setattr(core_registry, "entry_points", lambda group: eps if group == "ddbench.datasets" else real(group=group))
-    with DATASETS.scoped():
-        monkeypatch.setattr(DATASETS, "_loaded", False)  # look at the entry points again
-        yield tmp_path / "npz"
+def plugin_package(tmp_path, monkeypatch):
+    """The README's dataset, analysis and view written where their files say (my_package/...) and
+    installed as pip would leave them: a dist-info whose entry_points.txt is the README's
+    pyproject table, on a sys.path entry of its own. The registries look at their groups again."""
+    site = tmp_path / "site"
+    groups = readme_entry_points()
+    for name, group in PLUGIN_EXAMPLES.items():
+        path, source = example(name)
+        assert _module_of(path) in groups[group].values(), (name, path, groups)  # the file its entry point names
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(source)
+    package = sorted({_module_of(example(name)[0]).split(".")[0] for name in PLUGIN_EXAMPLES})
+    assert package == ["my_package"]
+    (site / "my_package" / "__init__.py").touch()
+    dist = site / "my_package-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-package\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {value}\n" for name, value in eps.items()) + "\n"
+        for group, eps in groups.items()))
+    monkeypatch.delenv("DDBENCH_PLUGINS", raising=False)
+    with contextlib.ExitStack() as stack:
+        for registry in (DATASETS, ANALYSES, VIEWS):
+            stack.enter_context(registry.scoped())  # loaded without the package: restored so afterwards
+        monkeypatch.syspath_prepend(str(site))
+        for registry in (DATASETS, ANALYSES, VIEWS):
+            monkeypatch.setattr(registry, "_loaded", False)  # look at the entry points again
+        yield site
+        for name in [m for m in sys.modules if m == "my_package" or m.startswith("my_package.")]:
+            del sys.modules[name]
 
 
 def _write_npz(root: Path) -> None:
@@ -89,14 +165,14 @@ def _write_npz(root: Path) -> None:
     np.savez(root / "test.npz", x=x[1400:], y=bunch.target[1400:])
 
 
-def test_readme_dataset_plugin_runs_in_a_suite(npz_plugin, write_suite, cli, tmp_path):
-    root = npz_plugin
+def test_readme_dataset_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
+    root = tmp_path / "npz"
     suite = tiny_suite(grid={"datasets": ["npz"], "ipcs": [1], "seeds": [0]}, data={"npz": {"root": str(root)}})
     # The root does not exist yet: the suite is refused before anything runs, naming the field.
     code, _, err = cli("run", write_suite(suite), "--out", tmp_path / "out", "-q")
     assert code == 2 and "data.npz.root" in err and "train.npz" in err
     _write_npz(root)
-    assert "npz" in DATASETS.names()
+    assert DATASETS.get("npz").__module__ == "my_package.npz_dataset"
     code, _, err = cli("run", write_suite(suite), "--out", tmp_path / "out", "-q")
     assert code == 0, err
     records = [r for _, r in iter_records(tmp_path / "out")]
@@ -105,33 +181,38 @@ def test_readme_dataset_plugin_runs_in_a_suite(npz_plugin, write_suite, cli, tmp
     assert all(0 <= r.eval.accuracy_mean <= 1 for r in records)
 
 
-@pytest.fixture
-def per_class_plugins():
-    with ANALYSES.scoped(), VIEWS.scoped():
-        namespace = run_example("analysis")
-        run_example("view")
-        yield namespace["PerClass"]
-
-
-def test_readme_analysis_and_view(per_class_plugins, write_suite, cli, tmp_path):
-    suite = tiny_suite(per_class={"enabled": True})
-    code, _, err = cli("run", write_suite(suite), "--out", tmp_path / "out", "-q")
+def test_readme_analysis_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
+    assert ANALYSES.get("per_class").__module__ == "my_package.per_class"
+    code, _, err = cli("run", write_suite(tiny_suite(per_class={"enabled": True})), "--out", tmp_path / "out", "-q")
     assert code == 0, err
     records = [r for _, r in iter_records(tmp_path / "out")]
+    assert sorted(r.method for r in records) == ["random_real", "tbptt"]
     for r in records:
         section = r.per_class  # the analysis's section, in the typed record
         assert section["classes"] == [str(c) for c in range(10)] and len(section["accuracy"]) == 10
         # The evaluation's overall accuracy is the classes' accuracies weighted by class size.
         assert min(section["accuracy"]) <= r.eval.accuracy_mean <= max(section["accuracy"])
-    code, table, err = cli("table", tmp_path / "out", "--view", "per_class")
-    assert code == 0, err
-    lines = [line for line in table.splitlines() if line.startswith("| ")]
-    assert [c.strip() for c in lines[0].strip("|").split("|")][:4] == ["method", "dataset", "IPC", "0"]
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["random_real", "tbptt"]
     # A bad value in the analysis's suite table is refused with its dotted field.
     code, _, err = cli("run", write_suite(tiny_suite(per_class={"enabled": "maybe"}), "bad.toml"), "--out",
                        tmp_path / "bad", "-q")
     assert code == 2 and "per_class.enabled" in err
+
+
+def test_readme_view_plugin_renders_the_per_class_sections(plugin_package, cli, tmp_path):
+    """``ddbench table DIR --view per_class`` offers the plug-in's view: per class, each method's
+    accuracy pooled over its seeds."""
+    out = tmp_path / "out"
+    out.mkdir()
+    accuracy = {("random_real", 0): [0.5, 0.25, 1.0], ("random_real", 1): [0.7, 0.25, 0.0], ("tbptt", 0): [0.9, 0.8, 0.7]}
+    for (method, seed), acc in accuracy.items():
+        record = make_record(method, seed=seed, per_class={"classes": ["a", "b", "c"], "accuracy": acc})
+        (out / f"{method}-{seed}.json").write_text(json.dumps(record))
+    code, table, err = cli("table", out, "--view", "per_class")
+    assert code == 0, err
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    assert rows == [["method", "dataset", "IPC", "a", "b", "c"],
+                    ["random_real", "digits", "1", "60.0", "25.0", "50.0"],
+                    ["tbptt", "digits", "1", "90.0", "80.0", "70.0"]]
 
 
 def _results_section() -> str:

@@ -164,9 +164,10 @@ def _widget_registry(tmp_path, monkeypatch, modules: dict[str, str], eps: list[E
     holder = type(sys)("unit_widget_registry")
     holder.REG = registry
     monkeypatch.setitem(sys.modules, "unit_widget_registry", holder)
-    for name, body in modules.items():
+    for name, body in modules.items():  # "pkg/mod" is a module of a package under tmp_path
+        (tmp_path / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / f"{name}.py").write_text(body)
-        monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.delitem(sys.modules, name.replace("/", "."), raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(core_registry, "entry_points", lambda group: eps if group == "ddbench.unit_widgets" else [])
     return registry
@@ -185,16 +186,64 @@ def test_a_failing_plugin_is_named_and_hides_no_other(tmp_path, monkeypatch):
     assert len(message.splitlines()) == 1
     assert registry._entries == {"good": 1}  # loaded although the other failed
     with pytest.raises(PluginError):  # and asked again, the broken one is reported again, not hidden
-        registry.get("good")
+        registry.names()
+    with pytest.raises(PluginError):
+        registry.get("another")
+    assert registry.get("good") == 1  # a registered name is found without loading anything
 
 
 def test_builtins_register_without_any_entry_point(tmp_path, monkeypatch):
     registry = _widget_registry(tmp_path, monkeypatch, {
         "unit_widget_builtin": "import unit_widget_registry\nunit_widget_registry.REG.register('builtin', 2)\n",
-    }, [], builtins=("unit_widget_builtin",))
+    }, [], builtins="unit_widget_builtin")
     assert registry.names() == ["builtin"] and registry.get("builtin") == 2
     with pytest.raises(UnknownNameError, match="unknown widget 'nope' .registered: builtin."):
         registry.get("nope")
+
+
+REGISTER = "import unit_widget_registry\nunit_widget_registry.REG.register({name!r}, {value!r})\n"
+
+
+def test_a_builtin_package_is_walked_so_a_new_file_is_a_new_builtin(tmp_path, monkeypatch):
+    registry = _widget_registry(tmp_path, monkeypatch, {
+        "unit_widget_pkg/__init__": "",  # imports none of its modules: the registry does
+        "unit_widget_pkg/one": REGISTER.format(name="one", value=1),
+        "unit_widget_pkg/two": REGISTER.format(name="two", value=2),
+    }, [], builtins="unit_widget_pkg")
+    assert registry.names() == ["one", "two"]
+    (tmp_path / "unit_widget_pkg" / "three.py").write_text(REGISTER.format(name="three", value=3))
+    monkeypatch.setattr(registry, "_loaded", False)
+    assert registry.names() == ["one", "three", "two"]  # no list of modules was edited
+    for name in ("unit_widget_pkg", "unit_widget_pkg.one", "unit_widget_pkg.two", "unit_widget_pkg.three"):
+        sys.modules.pop(name, None)
+
+
+def test_a_broken_builtin_module_is_named_after_the_others_loaded(tmp_path, monkeypatch):
+    registry = _widget_registry(tmp_path, monkeypatch, {
+        "unit_widget_pkg2/__init__": "",
+        "unit_widget_pkg2/bad": "raise RuntimeError('broken on purpose')\n",
+        "unit_widget_pkg2/good": REGISTER.format(name="good", value=1),
+        "unit_widget_bad_ep": "raise ValueError('also broken')\n",
+    }, [EntryPoint("bad_ep", "unit_widget_bad_ep", "ddbench.unit_widgets")], builtins="unit_widget_pkg2")
+    with pytest.raises(PluginError) as exc:
+        registry.names()
+    message = str(exc.value)
+    assert len(message.splitlines()) == 1 and message.startswith("cannot load widget plug-ins: ")
+    # Every failure is named, each with its cause: one broken plug-in hides no other broken one.
+    assert "built-in module 'unit_widget_pkg2.bad': RuntimeError: broken on purpose" in message
+    assert "entry point 'bad_ep' = 'unit_widget_bad_ep' of group 'ddbench.unit_widgets': ValueError: also broken" \
+        in message
+    assert registry._entries == {"good": 1}
+    for name in ("unit_widget_pkg2", "unit_widget_pkg2.good"):
+        sys.modules.pop(name, None)
+
+
+def test_a_builtin_package_without_modules_is_an_error(tmp_path, monkeypatch):
+    registry = _widget_registry(tmp_path, monkeypatch, {"unit_widget_empty/__init__": ""}, [],
+                                builtins="unit_widget_empty")
+    with pytest.raises(PluginError, match="built-in package 'unit_widget_empty': no modules in .*unit_widget_empty"):
+        registry.names()
+    sys.modules.pop("unit_widget_empty", None)
 
 
 def test_a_checkout_without_installation_has_its_methods(tmp_path):

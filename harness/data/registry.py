@@ -56,7 +56,7 @@ def _check_source(name: str, cls: type) -> None:
 
 
 DATASETS: Registry[type[DatasetSource]] = Registry(
-    "dataset", group="ddbench.datasets", builtins=("harness.data.sources",), check=_check_source)
+    "dataset", group="ddbench.datasets", builtins="harness.data.sources", check=_check_source)
 
 
 def register_dataset(name: str):

@@ -8,9 +8,10 @@ registered under a name::
         Config = RaTBPTTConfig
 
 and built with ``create_method("rat_bptt", window=40)``. The harness never imports the
-``methods`` package by name except as this registry's built-in module: methods arrive through
-it (a checkout on ``PYTHONPATH`` has them without being installed) and through the
-``ddbench.methods`` entry-point group, so another package can add its own.
+``methods`` package by name: the registry loads that folder by its path, as
+:mod:`harness.method.builtin`, so a user's own ``methods`` package cannot hide it (a checkout on
+``PYTHONPATH`` has its methods without being installed). Other packages add theirs through the
+``ddbench.methods`` entry-point group.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def _check_method(name: str, cls: type) -> None:
         raise TypeError(f"method {name!r}: {getattr(cls, '__name__', cls)}.Config must be a pydantic BaseModel")
 
 
-METHODS: Registry[type] = Registry("method", group="ddbench.methods", builtins=("methods",), check=_check_method)
+METHODS: Registry[type] = Registry("method", group="ddbench.methods", builtins="harness.method.builtin",
+                                   check=_check_method)
 
 
 def register_method(name: str) -> Callable[[M], M]:

@@ -38,7 +38,7 @@ class View:
     hint: str = ""  # what fills an empty view (a suite table, a command)
 
 
-VIEWS: Registry[View] = Registry("table view", builtins=("harness.report.views",))
+VIEWS: Registry[View] = Registry("table view", group="ddbench.views", builtins="harness.report.views")
 
 
 def register_view(name: str, *, order: int = 100, help: str = "", reads: str = "runs", hint: str = ""):
@@ -104,7 +104,8 @@ def pm(fmt: str) -> str:
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}  # < > would print as ¡ ¿ in OT1
 
 
 def latex_text(value: str, fmt: str = "latex") -> str:

@@ -1,4 +1,5 @@
-"""Evaluation protocols (see :mod:`.base`); the built-in ones are in :mod:`.builtin`."""
+"""Evaluation protocols (see :mod:`.base`); the built-in ones are in :mod:`.builtin` (the protocol
+registry imports every module of this package, so a new protocol may also be a new file here)."""
 
 from harness.evaluation.protocols.base import (PROTOCOLS, TEST_SELECTED_LABEL, AnyProtocol, EvalResult, Protocol,
                                                ProtocolConfig, TrainRecipe, best_on_test, check_learned_lr,

@@ -30,13 +30,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsA
 
 from harness.core.config import NestedConfigError, validate_config
 from harness.core.errors import ConfigError
-from harness.core.process import seeded
 from harness.core.registry import Registry, first_doc_line
 from harness.data import DatasetSplits
 from harness.engine import inner_loss
 from harness.engine.optim import InnerOptimizerConfig, make_torch_optimizer, optimizer_without_lr
 from harness.method import DistilledSet
-from harness.models import ModelConfig, create_model
+from harness.models import ModelConfig
+from harness.train.networks import correct_on, new_network, test_correct
 
 
 class ProtocolConfig(BaseModel):
@@ -51,8 +51,8 @@ class ProtocolConfig(BaseModel):
     test_batch: int = Field(2048, ge=1)
 
 
-PROTOCOLS: Registry[type["Protocol"]] = Registry("evaluation protocol",
-                                                 builtins=("harness.evaluation.protocols.builtin",))
+PROTOCOLS: Registry[type["Protocol"]] = Registry("evaluation protocol", group="ddbench.protocols",
+                                                 builtins="harness.evaluation.protocols")
 
 
 def protocol_config(data: Any) -> ProtocolConfig:
@@ -218,11 +218,6 @@ def learned_optimizer(cfg: ProtocolConfig, optimizer: InnerOptimizerConfig,
     return optimizer.model_copy(update={"lr": distilled.lr})
 
 
-def new_network(model_cfg: ModelConfig, data: DatasetSplits, seed: int, device, dtype) -> torch.nn.Module:
-    with seeded(seed, device):  # the network's default init draws from the global generator
-        return create_model(model_cfg, data.image_shape, data.num_classes).to(device, dtype)
-
-
 def train_network(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: TrainRecipe,
                   gen: torch.Generator, *, start: int = 0, stop: int | None = None,
                   state: dict | None = None) -> dict:
@@ -300,16 +295,3 @@ def class_sampled_rows(classes: int, ipc: int, batch_per_class: int | None, clas
 def set_tensors(distilled: DistilledSet, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = distilled.images.to(device, dtype), distilled.labels.to(device)
     return images, labels.to(dtype) if labels.is_floating_point() else labels
-
-
-@torch.no_grad()
-def correct_on(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
-    """Which examples of ``(x, y)`` ``net`` classifies correctly, as a bool vector (on the CPU)."""
-    net.eval()
-    out = [net(x[s:s + batch]).argmax(-1) == y[s:s + batch] for s in range(0, x.shape[0], batch)]
-    return torch.cat(out).cpu() if out else torch.zeros(0, dtype=torch.bool)
-
-
-def test_correct(net: torch.nn.Module, data: DatasetSplits, batch: int) -> torch.Tensor:
-    """Which test examples ``net`` classifies correctly."""
-    return correct_on(net, data.test_x, data.test_y, batch)
