@@ -1,5 +1,5 @@
-"""harness.evaluation.hardness and its table view: forgetting counts, bucketing, the scoring run, its
-cache, records, tables.
+"""harness.evaluation.hardness and its table view, with the forgetting scores it buckets
+(harness.train.forgetting): forgetting counts, bucketing, the scoring run, its cache, records, tables.
 
 Every test gets its own empty ``$DDBENCH_CACHE``. The training tests use a linear model on a
 2-D toy problem with a known answer and a small ConvNet on the bundled ``digits``.
@@ -25,12 +25,13 @@ if importlib.util.find_spec("harness") is None:  # run from a plain checkout, no
 
 from conftest import make_record, typed  # noqa: E402
 from harness.data import DataConfig, DatasetSplits, load_dataset  # noqa: E402
-from harness.engine.optim import InnerOptimizerConfig  # noqa: E402
-from harness.evaluation import hardness  # noqa: E402
-from harness.evaluation.hardness import (ForgettingCounts, Hardness, HardnessConfig, bucket_accuracy,  # noqa: E402
-                                         cache_key, cache_path, forgetting_counts, hardness_buckets, hardness_key,
-                                         load_or_compute, training_history)
-from harness.models import ModelConfig  # noqa: E402
+from harness.engine import InnerOptimizerConfig  # noqa: E402
+from harness.evaluation.hardness import (Hardness, HardnessConfig, bucket_accuracy, cache_key,  # noqa: E402
+                                         cache_path, hardness_buckets, load_or_compute)
+from harness.models import ModelConfig, create_model  # noqa: E402
+from harness.train import forgetting  # noqa: E402
+from harness.train.forgetting import (ForgettingCounts, forgetting_counts, hardness_key,  # noqa: E402
+                                      training_history)
 from harness.report import parse_record  # noqa: E402
 from harness.report.views.hardness import hardness_table  # noqa: E402
 
@@ -232,7 +233,7 @@ def test_second_call_reads_the_cache(monkeypatch, _cache):
     def no_training(*args, **kwargs):
         raise AssertionError("trained again instead of reading the cache")
 
-    monkeypatch.setattr(hardness, "training_history", no_training)
+    monkeypatch.setattr(forgetting, "training_history", no_training)
     second = load_or_compute(data, TINY_MODEL, TINY_CFG)
     assert torch.equal(first.train_history, second.train_history)
     assert torch.equal(first.test_history, second.test_history)
@@ -252,11 +253,11 @@ def test_a_corrupt_cache_file_is_rebuilt_with_a_warning(monkeypatch, caplog, dam
         torch.save({"key": cache_key(data, TINY_MODEL, TINY_CFG), "train_history": torch.zeros(2, 2, dtype=torch.bool),
                     "test_history": torch.zeros(2, 2, dtype=torch.bool)}, path)
     calls = []
-    real = hardness.training_history
-    monkeypatch.setattr(hardness, "training_history", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with caplog.at_level(logging.WARNING, logger="harness.evaluation.hardness"):
+    real = forgetting.training_history
+    monkeypatch.setattr(forgetting, "training_history", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with caplog.at_level(logging.WARNING, logger="harness.train.forgetting"):
         again = load_or_compute(data, TINY_MODEL, TINY_CFG)
-    assert calls == [1] and "ignoring hardness cache file" in caplog.text
+    assert calls == [1] and "ignoring the forgetting cache file" in caplog.text
     assert torch.equal(again.test_history, good.test_history)  # deterministic: same result
     assert torch.load(path, weights_only=True)["test_history"].shape == good.test_history.shape  # rewritten
 
@@ -268,14 +269,13 @@ def test_cache_key_changes_with_what_changes_the_scores():
         cache_key(data, TINY_MODEL, TINY_CFG.model_copy(update={"epochs": 4})),
         cache_key(data, TINY_MODEL, TINY_CFG.model_copy(update={"seed": 1})),
         cache_key(data, TINY_MODEL, TINY_CFG.model_copy(update={"batch_size": 4})),
-        cache_key(data, TINY_MODEL, TINY_CFG.model_copy(update={"buckets": 3})),
         cache_key(data, ModelConfig(width=8, depth=1), TINY_CFG),
         cache_key(_tiny_data(normalize=False), TINY_MODEL, TINY_CFG),
     ]
     paths = {cache_path(k) for k in changed}
     assert base not in paths and len(paths) == len(changed)
-    # Settings that do not change the scores share the file.
-    for same in ({"enabled": False}, {"test_batch": 7}):
+    # Settings that do not change the scores share the file (the bucketing is applied to the cached run).
+    for same in ({"enabled": False}, {"test_batch": 7}, {"buckets": 3}, {"tie_break": "none"}):
         assert cache_path(cache_key(data, TINY_MODEL, TINY_CFG.model_copy(update=same))) == base
 
 
@@ -283,7 +283,7 @@ def test_unwritable_cache_dir_costs_time_not_correctness(monkeypatch, tmp_path, 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("DDBENCH_CACHE", str(blocker))  # a file, so hardness/ cannot be created below it
-    with caplog.at_level(logging.WARNING, logger="harness.evaluation.hardness"):
+    with caplog.at_level(logging.WARNING, logger="harness.train.forgetting"):
         scores = load_or_compute(_tiny_data(), TINY_MODEL, TINY_CFG)
     assert scores.cache_file is None and "cannot write" in caplog.text
     assert scores.test_history.shape == (3, 12)
@@ -307,7 +307,7 @@ def test_digits_record_section():
     cfg = HardnessConfig(epochs=6)
     # Well-trained classifiers independent of the scoring run (other seeds): 2 "evaluated models".
     correct = torch.stack([
-        training_history(lambda: hardness.create_model(model, data.image_shape, data.num_classes),
+        training_history(lambda: create_model(model, data.image_shape, data.num_classes),
                          data.train_x, data.train_y, data.test_x, data.test_y, epochs=10, batch_size=128,
                          optimizer=cfg.optimizer, seed=seed)[1][-1]
         for seed in (11, 12)

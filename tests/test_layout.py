@@ -22,10 +22,12 @@ MAX_LINES = 500
 # Sub-package -> rank. A module may import modules of its own sub-package and of strictly lower
 # ranks; sub-packages of one rank are independent of each other. The root package (the public
 # API) sits on top, and only the CLI-level code of ``run`` is above everything but it.
-LAYERS = {"core": 0, "data": 1, "models": 1, "report": 1, "engine": 2, "method": 3, "evaluation": 4, "run": 5}
+LAYERS = {"core": 0, "data": 1, "models": 1, "report": 1, "engine": 2, "method": 3, "train": 3, "evaluation": 4,
+          "run": 5}
 ROOT_RANK = 6
 # What methods/ may import: the public API and the documented layers a method builds on.
-METHOD_IMPORTS = ("harness", "harness.core", "harness.data", "harness.models", "harness.engine", "harness.method")
+METHOD_IMPORTS = ("harness", "harness.core", "harness.data", "harness.models", "harness.engine", "harness.method",
+                  "harness.train")
 
 
 def module_name(path: Path) -> str:

@@ -22,15 +22,14 @@ from harness.engine import InnerOptimizerConfig
 from harness.engine.optim import optimizer_without_lr
 from harness.evaluation import AnalysisContext, EvalResult, protocol_config
 from harness.evaluation import scores as scores_module
-from harness.evaluation import teacher as teacher_module
-from harness.evaluation.protocols import new_network
 from harness.evaluation.scores import (Scores, ScoresConfig, ars, baselines, lrs, normalized, pending_work,
                                        random_subset)
-from harness.evaluation.teacher import (FullDataConfig, full_data, full_data_path, teacher_labels, teacher_model,
-                                        train_full_data)
 from harness.models import ModelConfig
 from harness.report import iter_records
 from harness.run.progress import CellProgress
+from harness.train import (FullDataConfig, full_data, full_data_path, new_network, teacher_labels, teacher_model,
+                           train_full_data)
+from harness.train import full as teacher_module
 
 TINY_MODEL = ModelConfig(name="convnet", width=4, depth=1)
 TINY_FULL = FullDataConfig(epochs=3, batch_size=128, models=2, lr_step_epochs=2, test_every=2)

@@ -3,7 +3,8 @@
 (:mod:`.analysis`, with the built-in :mod:`.hardness`, :mod:`.subsets` and :mod:`.scores`).
 
 May import: :mod:`harness.core`, :mod:`harness.data`, :mod:`harness.models`,
-:mod:`harness.engine`, :mod:`harness.method`. Nothing above it; never :mod:`harness.report`'s
+:mod:`harness.engine`, :mod:`harness.method`, :mod:`harness.train` (networks trained on the real
+data: the full-data model, the teacher). Nothing above it; never :mod:`harness.report`'s
 views (analyses fill record sections, views read them).
 """
 

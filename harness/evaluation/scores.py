@@ -20,7 +20,7 @@ What DD-Ranking does (NUS-HPC-AI-Lab/DD-Ranking, ``ddranking`` 0.2.0, identical 
   ``ddranking`` is installed). ``LabelRobustScoreHard`` appends each LRS twice (l.384 and l.388):
   the mean is unchanged, but its results CSV then has columns of unequal length and pandas
   raises, so 0.2.0's hard-label ``compute_metrics`` never returns; not copied.
-* **Full-data accuracy**: see :mod:`harness.evaluation.teacher` (DD-Ranking's real-data recipe;
+* **Full-data accuracy**: see :mod:`harness.train.full` (DD-Ranking's real-data recipe;
   200 epochs; 5 networks, trained once per (data, network, recipe) and cached for every later
   suite; the final networks' test accuracy, DD-Ranking's test-selected maximum recorded beside).
   The network is the protocol's ``model`` or the one the set was distilled with.
@@ -38,7 +38,7 @@ What DD-Ranking does (NUS-HPC-AI-Lab/DD-Ranking, ``ddranking`` 0.2.0, identical 
   teacher (``soft_label_mode='S'``: the teacher's outputs on the un-augmented images, one per image)
   and are trained like the distilled set; IOR compares the two soft-label accuracies, HLR uses
   the distilled images with hard labels, whose lr DD-Ranking always searches (the set's own lr
-  ignored). Here the teacher is the first full-data network (:func:`~harness.evaluation.teacher.
+  ignored). Here the teacher is the first full-data network (:func:`~harness.train.full.
   teacher_model`), its labels ``softmax(logits / temperature)`` (probabilities; DD-Ranking passes
   raw logits to a loss that applies the temperature to both sides), trained with ddbench's soft
   cross entropy (the student at temperature 1; DD-Ranking's configs use temperature 1.0, where
@@ -77,10 +77,9 @@ from harness.evaluation.analysis import Analysis, AnalysisContext, register_anal
 from harness.evaluation.protocols import (PROTOCOLS, EvalResult, ProtocolConfig, correct_on, evaluate, new_network,
                                           train_network)
 from harness.evaluation.protocols.base import set_tensors
-from harness.evaluation.teacher import (FullDataConfig, data_key, full_data, full_data_path, key_json,
-                                        teacher_labels)
 from harness.method import DistilledSet, real_per_class
 from harness.models import ModelConfig
+from harness.train import FullDataConfig, data_key, full_data, full_data_path, key_json, teacher_labels
 
 log = logging.getLogger(__name__)
 BASELINE_VERSION = 1
@@ -95,7 +94,7 @@ class ScoresConfig(StrictModel):
     enabled: bool = True
     weight: float = Field(0.5, ge=0, le=1)  # w of LRS (DD-Ranking's lrs_lambda)
     ars_weight: float = Field(0.5, ge=0, le=1)  # w of ARS (ars_lambda)
-    # The full-data networks (harness.evaluation.teacher.FullDataConfig): DD-Ranking's real-data recipe.
+    # The full-data networks (harness.train.FullDataConfig): DD-Ranking's real-data recipe.
     full_data_epochs: int = Field(200, ge=1)
     full_data_batch: int = Field(256, ge=1)
     full_data_models: int = Field(5, ge=1)

@@ -1,6 +1,9 @@
 """Networks trained on the whole real training split, once per (dataset, network, recipe) and
 kept in the cache dir for every later suite: DD-Ranking's full-data model (the "real-hard"
-accuracy of its HLR) and the teacher whose soft labels a soft random baseline gets.
+accuracy of its HLR), the teacher whose soft labels a soft random baseline and a selection
+method's ``labels = "teacher"`` get, and the embedding networks of the herding and k-center
+coresets (the DC paper's "models trained on the whole dataset"). One training serves all of
+them: the same data, network and recipe hit the same cache file.
 
 What DD-Ranking does (NUS-HPC-AI-Lab/DD-Ranking, ``ddranking`` 0.2.0: ``metrics/hard_label.py``
 ``_compute_hard_label_metrics(mode='real')`` and ``utils/train_and_eval.py``
@@ -35,12 +38,16 @@ holds one out) and cached with their weights. Deviations, each for a reason:
   recipe it leaves to the user. Its soft labels (:func:`teacher_labels`) are
   ``softmax(logits / T)`` of the un-augmented images, one per image (DD-Ranking's
   ``soft_label_mode='S'``), probabilities that sum to one.
+* **the embedding networks** of the herding and k-center coresets (``methods/herding.py``,
+  ``methods/kcenter.py``): network ``seed % models`` of these, so that seeds of a cell differ in
+  the selecting network as in the evaluation. The DC authors' coresets use "models trained on
+  the whole dataset" without publishing their recipe; the DC code's own training recipe
+  (``evaluate_synset``: SGD 0.01, momentum 0.9, weight decay 5e-4, batch 256, the lr x 0.1 at
+  half the epochs) has the same form as this one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -56,10 +63,9 @@ from harness.core.config import StrictModel
 from harness.core.io import atomic_torch_save, cache_dir, cache_lock, cache_name, key_digest
 from harness.core.rng import Stream, step_seed
 from harness.data import DatasetSplits
-from harness.engine import inner_loss, make_torch_optimizer
-from harness.engine.optim import InnerOptimizerConfig
-from harness.evaluation.protocols import new_network, test_correct
+from harness.engine import InnerOptimizerConfig, inner_loss, make_torch_optimizer
 from harness.models import ModelConfig
+from harness.train.networks import data_key, key_json, new_network, read_cached, test_correct
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 1: ddbench <= 0.2's json file of the accuracy alone, keyed by the protocol and the cell seed
@@ -114,16 +120,6 @@ class FullData:
                 "recipe": cfg.model_dump(mode="json", exclude={"models"})}
 
 
-def data_key(data: DatasetSplits) -> dict[str, Any]:
-    """What identifies the data a network trains and is tested on: its description, sizes, labels, dtype."""
-    labels = hashlib.sha256()
-    for y in (data.train_y, data.test_y):
-        labels.update(y.detach().cpu().to(torch.int64).numpy().tobytes())
-    return {"dataset": data.name, "preprocessing": data.preprocessing,
-            "shapes": [list(data.train_x.shape), list(data.test_x.shape)], "labels_sha256": labels.hexdigest(),
-            "dtype": str(data.train_x.dtype)}
-
-
 def full_data_key(data: DatasetSplits, model: ModelConfig, cfg: FullDataConfig) -> dict[str, Any]:
     return {"version": CACHE_VERSION, "what": "full-data networks", **data_key(data),
             "model": model.model_dump(mode="json"), "recipe": cfg.model_dump(mode="json")}
@@ -158,24 +154,10 @@ def train_full_data(net: torch.nn.Module, data: DatasetSplits, cfg: FullDataConf
     return curve
 
 
-def _read(path: Path, key: dict[str, Any]) -> FullData | None:
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload["key"] != key_json(key):
-            raise ValueError("its key differs")
-        return FullData([float(a) for a in payload["accuracy_per_model"]],
-                        [[(int(e), float(a)) for e, a in c] for c in payload["test_curves"]],
-                        payload["state_dicts"], float(payload["seconds"]), cache_name(path))
-    except Exception as err:  # noqa: BLE001 - a damaged cache file is recomputed, never trusted
-        log.warning("ignoring the cache file %s (%s: %s); training again", path, type(err).__name__, err)
-        return None
-
-
-def key_json(key: dict[str, Any]) -> Any:
-    """``key`` as it reads back from a file (tuples as lists)."""
-    return json.loads(json.dumps(key, default=str))
+def _parse(path: Path) -> Callable[[dict[str, Any]], FullData]:
+    return lambda payload: FullData([float(a) for a in payload["accuracy_per_model"]],
+                                    [[(int(e), float(a)) for e, a in c] for c in payload["test_curves"]],
+                                    payload["state_dicts"], float(payload["seconds"]), cache_name(path))
 
 
 def full_data(data: DatasetSplits, model: ModelConfig, cfg: FullDataConfig, device, dtype,
@@ -186,7 +168,7 @@ def full_data(data: DatasetSplits, model: ModelConfig, cfg: FullDataConfig, devi
     key = full_data_key(data, model, cfg)
     path = full_data_path(data, model, cfg)
     with cache_lock(path):
-        cached = _read(path, key)
+        cached = read_cached(path, key, "full-data", _parse(path))
         if cached is not None:
             return cached
         t0 = time.perf_counter()
