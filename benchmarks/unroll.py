@@ -29,21 +29,31 @@ pools of captured graphs; the allocated peak is in the JSON too). On CPU, where 
 allocator counter, it is the exact peak of live tensor bytes created by one outer step
 (``harness.tensor_memory``), measured in a separate, untimed call.
 
+Shapes are named (``benchmarks/bench_shapes.py``): ``cifar10`` (the default: the RaT-BPTT
+paper's IPC 10 setting), ``tiny`` (CI), ``mnist-w64`` (the CPU speed check of issue 17:
+ConvNet-3 width 64 on 28x28x1, T = 60, M = 20, real batch 1000, 2 threads; time it across
+commits with ``benchmarks/commit_speed.py``). ``--budget-s`` bounds the run: measurements are
+taken in order of interest (the first window's rows and K table, then the longer windows) and
+those that would end past the budget are recorded as skipped; a variant that runs out of
+device memory is recorded as such. The JSON is rewritten after every measurement.
+
 Usage::
 
     python benchmarks/unroll.py                      # CIFAR-10 shapes, IPC 10, N = 200, M = 60/120/200
     python benchmarks/unroll.py --tiny               # small shapes on CPU, under a minute
     python benchmarks/unroll.py --json out.json --methods rat_bptt,at_bptt
+    python benchmarks/unroll.py --shape mnist-w64 --methods rat_bptt:full --variants full --trajectories ''
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -51,7 +61,8 @@ import torch.nn.functional as F
 from tabulate import tabulate
 
 from harness.engine.cudagraphs import StepGraphs
-from harness.engine import FunctionalModel, InnerSchedule, Trajectories, meta_gradient, stack_schedules
+from harness.engine import (FunctionalModel, InnerSchedule, RealBatchLoss, Synthetic, Trajectories, UnrollOptions,
+                            meta_gradient, stack_schedules)
 from harness.engine.memory import PeakMemory
 from harness.models import ConvNet
 from harness.models.batched import BatchedConvNet
@@ -59,26 +70,13 @@ from harness.engine.optim import InnerOptimizerConfig, make_inner_optimizer
 from harness.core.provenance import hardware_info
 from harness.engine.tensor_memory import TensorMemoryMeter
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_shapes import SHAPES, Shapes  # noqa: E402  (no ddbench import: commit_speed.py shares them)
+
 LR = 1e-3
 
 
-@dataclass
-class Shapes:
-    channels: int = 3
-    size: int = 32
-    classes: int = 10
-    ipc: int = 10
-    real_batch: int = 5000
-    width: int = 128
-    depth: int = 3
-    unroll: int = 200
-    windows: tuple[int, ...] = (60, 120, 200)
-    real_chunk: int = 1000
-    steps: int = 5
-
-
-TINY = Shapes(channels=3, size=16, classes=4, ipc=2, real_batch=128, width=16, depth=2, unroll=20, windows=(6, 12, 20),
-              real_chunk=32, steps=3)
+TINY = SHAPES["tiny"]
 
 
 class Problem:
@@ -139,10 +137,10 @@ def _ddbench(p: Problem, window: int, seed: int, mode: str, chunk: int | None, g
         p.functional.module.load_state_dict(p.network(seed).state_dict())
     model = p.functional
     images = p.images.detach().requires_grad_()
-    result = meta_gradient(model, model.parameters(), p.optimizer, LR, images, p.labels, p.schedule(p.shapes.unroll),
-                           window, p.real_x, p.real_y, mode=mode, real_chunk=chunk,
-                           steps_factory=graphs.factory if graphs is not None else None,
-                           offload_snapshots=mode == "recompute" and p.device.type == "cuda")
+    result = meta_gradient(model, model.parameters(), p.optimizer, Synthetic(images, p.labels, LR),
+                           p.schedule(p.shapes.unroll), window, RealBatchLoss(p.real_x, p.real_y, chunk),
+                           UnrollOptions(mode=mode, steps_factory=graphs.factory if graphs is not None else None,
+                                         offload_snapshots=mode == "recompute" and p.device.type == "cuda"))
     return result.images
 
 
@@ -157,11 +155,11 @@ def step_trajectories(p: Problem, window: int, count: int, mode: str, chunk: int
     model.module.load_blocks([p.network(seed + k) for k in range(count)])
     images = p.images.detach().requires_grad_()
     n = p.shapes.unroll
-    result = meta_gradient(model, model.parameters(), p.optimizer, LR, images, p.labels,
-                           stack_schedules([p.schedule(n)] * count), window, *p.real[count], mode=mode,
-                           real_chunk=chunk, trajectories=Trajectories((n,) * count, (window,) * count),
-                           steps_factory=graphs.factory if graphs is not None else None,
-                           offload_snapshots=mode == "recompute" and p.device.type == "cuda")
+    result = meta_gradient(model, model.parameters(), p.optimizer, Synthetic(images, p.labels, LR),
+                           stack_schedules([p.schedule(n)] * count), window, RealBatchLoss(*p.real[count], chunk),
+                           UnrollOptions(mode=mode, trajectories=Trajectories((n,) * count, (window,) * count),
+                                         steps_factory=graphs.factory if graphs is not None else None,
+                                         offload_snapshots=mode == "recompute" and p.device.type == "cuda"))
     return result.images
 
 
@@ -176,8 +174,8 @@ def trajectory_variants(device: torch.device, shapes: Shapes) -> dict:
 
 def _check_problem(shapes: Shapes, device: torch.device, window: int) -> tuple[Shapes, Problem]:
     """The gradient checks' small float64 problem: a 6-step unroll of the benchmark's shapes."""
-    s = Shapes(**{**asdict(shapes), "unroll": 6, "windows": (window,), "real_batch": min(shapes.real_batch, 256),
-                  "real_chunk": 100, "width": min(shapes.width, 16)})
+    s = shapes.with_(unroll=6, windows=(window,), real_batch=min(shapes.real_batch, 256), real_chunk=100,
+                     width=min(shapes.width, 16))
     return s, Problem(s, device, torch.float64, seed=1)
 
 
@@ -275,8 +273,8 @@ def gradient_check(device: torch.device, names: list[str], shapes: Shapes) -> di
 
 # Where an outer step's time goes: cumulative seconds in these functions (cProfile), by name.
 PROFILE_PARTS = {
-    "inner steps without graph (prefix, recompute forward)": ("unroll.py", "forward"),
-    "reverse steps (rebuilt step + VJP)": ("unroll.py", "reverse"),
+    "inner steps without graph (prefix, recompute forward)": ("steps.py", "forward"),
+    "reverse steps (rebuilt step + VJP)": ("steps.py", "reverse"),
     "  of which: low-rank Hessian builds (HVPs, QR, eigh)": ("lowrank.py", "_build"),
     "  of which: drift checks": ("lowrank.py", "_measure_drift"),
     "full-mode window (graph + backward)": ("unroll.py", "_window_full"),
@@ -332,7 +330,11 @@ def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window:
                "inner": {"name": "adam", "lr": LR}, "init": "gaussian",
                "engine": {"mode": mode, "real_chunk": shapes.real_chunk if mode == "recompute" else None}}
         if name == "at_bptt":
-            cfg.update(window_delta=max(1, window // 6), steps_per_epoch=10, low_rank_hessian=option == "lowrank")
+            # d = W / 6, kept so that W + d fits in T (AT-BPTT's middle stage trains W + d steps):
+            # no adaptive window at all when the window spans the whole unroll (M = T).
+            delta = min(max(1, window // 6), shapes.unroll - window)
+            cfg.update(window_delta=delta, adaptive_window=delta > 0, steps_per_epoch=10,
+                       low_rank_hessian=option == "lowrank")
         method = create_method(name, **cfg)
         method.setup(task)
         counter = iter(range(10**6))
@@ -346,13 +348,65 @@ def method_steps(specs: list[str], shapes: Shapes, device: torch.device, window:
     return rows
 
 
+class TimeBudget:
+    """Skips the measurements that would end past ``seconds`` from now (None: no limit).
+
+    A measurement's cost is predicted from the last one of the same variant: its median
+    seconds per call (per trajectory for the K table) times the calls it makes. A variant not
+    measured yet is started while any time is left: the caller's own timeout is the hard limit.
+    """
+
+    def __init__(self, seconds: float | None):
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.per_call: dict[str, float] = {}
+
+    def allows(self, key: str, calls: int, scale: float = 1.0) -> bool:
+        if self.end is None:
+            return True
+        left = self.end - time.monotonic()
+        known = self.per_call.get(key)
+        return left > 0 and (known is None or known * scale * calls <= left)
+
+    def record(self, key: str, stats: dict, scale: float = 1.0) -> None:
+        if "median_s" in stats:
+            self.per_call[key] = stats["median_s"] / scale
+
+
+def attempt(fn, steps: int, device: torch.device) -> dict:
+    """:func:`measure`, or ``{"error": ...}`` when the device runs out of memory (the M = 200
+    window of the full-graph variants does not fit on an 80 GB card). On CUDA any other error is
+    recorded too, so that one unattended run reports every setting it could measure; on a CPU it
+    is raised."""
+    try:
+        return measure(fn, steps, device)
+    except torch.cuda.OutOfMemoryError:
+        error = "out of memory"
+    except Exception as err:  # noqa: BLE001 - recorded, see above
+        if device.type != "cuda":
+            raise
+        error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+    if device.type == "cuda":  # outside the handler, where the traceback's tensors are freed
+        torch.cuda.empty_cache()
+    return {"error": error}
+
+
+def _cell(r: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    """A table cell: the formatted value; for a row not measured, why (in its time column) or "-"."""
+    if key in r:
+        return fmt.format(r[key] / scale)
+    if key == "median_s" and ("skipped" in r or "error" in r):
+        return "skipped (time)" if "skipped" in r else r["error"]
+    return "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tiny", action="store_true", help="small shapes on the CPU (CI), under a minute")
+    ap.add_argument("--tiny", action="store_true", help="the tiny shape on the CPU (CI), under a minute")
+    ap.add_argument("--shape", default=None, help=f"named shape: {', '.join(SHAPES)} (default cifar10; tiny with --tiny)")
     ap.add_argument("--device", default=None, help="default: cuda if available (cpu with --tiny)")
-    ap.add_argument("--windows", default=None, help="comma-separated M values (default 60,120,200)")
-    ap.add_argument("--unroll", type=int, default=None, help="N (default 200)")
-    ap.add_argument("--steps", type=int, default=None, help="timed outer steps per variant (default 5)")
+    ap.add_argument("--windows", default=None, help="comma-separated M values (default: the shape's, 60,120,200)")
+    ap.add_argument("--unroll", type=int, default=None, help="N (default: the shape's, 200)")
+    ap.add_argument("--steps", type=int, default=None, help="timed outer steps per variant (default: the shape's, 5)")
     ap.add_argument("--variants", default=None, help="comma-separated subset of the variants")
     ap.add_argument("--methods", default="", help="also time whole outer steps of registered methods, "
                     "e.g. rat_bptt:full,rat_bptt:recompute,at_bptt:recompute (the first is the reference)")
@@ -361,16 +415,25 @@ def main(argv: list[str] | None = None) -> int:
                     help="compare the meta-gradients with the baseline's first (default on)")
     ap.add_argument("--trajectories", default="1,2,4,8",
                     help="comma-separated K values for the batched-trajectory table ('' to skip)")
-    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip the measurements that would end later than this many seconds after the checks "
+                         "(in order: the first window's rows, its K table, the other windows' rows, their K tables)")
+    ap.add_argument("--json", default=None, help="write the results here (rewritten after every measurement)")
     args = ap.parse_args(argv)
 
-    shapes = TINY if args.tiny else Shapes()
+    name = args.shape or ("tiny" if args.tiny else "cifar10")
+    if name not in SHAPES:
+        print(f"unroll.py: error: --shape: unknown {name!r} (known: {', '.join(SHAPES)})", file=sys.stderr)
+        return 2
+    shapes = SHAPES[name]  # frozen: the table's shapes are never modified
     if args.windows:
-        shapes.windows = tuple(int(w) for w in args.windows.split(","))
+        shapes = shapes.with_(windows=tuple(int(w) for w in args.windows.split(",")))
     if args.unroll:
-        shapes.unroll = args.unroll
+        shapes = shapes.with_(unroll=args.unroll)
     if args.steps:
-        shapes.steps = args.steps
+        shapes = shapes.with_(steps=args.steps)
+    if shapes.threads:
+        torch.set_num_threads(shapes.threads)
     device = torch.device(args.device or ("cpu" if args.tiny else "cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -396,66 +459,101 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     hw = hardware_info(device)
-    print(f"device: {hw['device_name']} | torch {hw['torch']} | shapes: {asdict(shapes)}", flush=True)
-    checks = gradient_check(device, names, shapes) if args.check else {}
-    for name, err in checks.items():
-        print(f"gradient check {name:18s} relative error vs higher: {err:.2e}", flush=True)
+    memory_kind = "cuda_max_reserved" if device.type == "cuda" else TensorMemoryMeter.kind
+    print(f"device: {hw['device_name']} | torch {hw['torch']} | shape {name}: {asdict(shapes)}", flush=True)
+    checks: dict[str, float] = {}
+    rows, trajectory_rows, method_rows = [], [], []
+
+    def write() -> None:
+        if not args.json:
+            return
+        payload = {"schema_version": 1, "kind": "ddbench.bench.unroll", "hardware": hw, "shape_name": name,
+                   "shapes": asdict(shapes), "memory_kind": memory_kind, "budget_s": args.budget_s,
+                   "gradient_check": checks, "rows": rows, "trajectories": trajectory_rows, "methods": method_rows}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.replace(path)  # a reader (or a kill) never sees half a file
+
+    checks.update(gradient_check(device, names, shapes) if args.check else {})
+    for variant, err in checks.items():
+        print(f"gradient check {variant:18s} relative error vs higher: {err:.2e}", flush=True)
     if args.check and counts:
         checks["trajectories_vs_mean_of_singles"] = trajectory_check(device, shapes)
         print(f"gradient check K=2 trajectories vs the mean of 2 single ones: "
               f"{checks['trajectories_vs_mean_of_singles']:.2e}", flush=True)
+    write()
 
     problem = Problem(shapes, device, torch.float32)
-    rows = []
-    for window in shapes.windows:
-        base = None
-        for name in names:
-            stats = measure(lambda: table[name](problem, window), shapes.steps, device)
-            base = stats if name == "higher" else base
-            row = {"variant": name, "window": window, **stats}
-            if base is not None:
-                row["speedup_vs_higher"] = base["median_s"] / stats["median_s"]
-                row["memory_fraction_of_higher"] = stats["peak_bytes"] / max(base["peak_bytes"], 1)
-            rows.append(row)
-            print(f"  M={window:4d} {name:18s} {stats['median_s']:.4f} s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
-                  flush=True)
-    trajectory_rows = []
     batched = trajectory_variants(device, shapes)
-    for window in shapes.windows if counts else ():
-        for name in [n for n in names if n in batched]:
-            for count in counts:
-                stats = measure(lambda: batched[name](problem, window, count), shapes.steps, device)
-                trajectory_rows.append({"variant": name, "window": window, "trajectories": count, **stats,
-                                        "meta_gradients_per_s": count / stats["median_s"]})
-                print(f"  M={window:4d} {name:18s} K={count:2d} {stats['median_s']:.4f} s  "
-                      f"{count / stats['median_s']:8.2f} meta-grads/s  {stats['peak_bytes'] / 2**20:9.1f} MiB",
-                      flush=True)
-    method_rows = []
+    budget = TimeBudget(args.budget_s)
+    calls = 1 + shapes.steps + (device.type == "cpu")  # warm-up, timed, the CPU's memory call
+    # In order of interest under a time budget: the paper's window and its K table, then the longer windows.
+    first, rest = shapes.windows[:1], shapes.windows[1:]
+    row_jobs = lambda ws: [("rows", w, n, 1) for w in ws for n in names]  # noqa: E731
+    k_jobs = lambda ws: [("trajectories", w, n, k) for w in ws for k in counts for n in names if n in batched]  # noqa: E731
+    jobs = row_jobs(first) + k_jobs(first) + row_jobs(rest) + k_jobs(rest)
+    base: dict[int, dict] = {}
+    for kind, window, variant, count in jobs:
+        key = f"{kind}:{variant}"
+        if kind == "rows":
+            if not budget.allows(key, calls):
+                rows.append({"variant": variant, "window": window, "skipped": "time budget"})
+                print(f"  M={window:4d} {variant:18s} skipped: time budget", flush=True)
+                continue
+            stats = attempt(lambda: table[variant](problem, window), shapes.steps, device)
+            budget.record(key, stats)
+            if variant == "higher" and "median_s" in stats:
+                base[window] = stats
+            row = {"variant": variant, "window": window, **stats}
+            if window in base and "median_s" in stats:
+                row["speedup_vs_higher"] = base[window]["median_s"] / stats["median_s"]
+                row["memory_fraction_of_higher"] = stats["peak_bytes"] / max(base[window]["peak_bytes"], 1)
+            rows.append(row)
+            print(f"  M={window:4d} {variant:18s} {_cell(row, 'median_s', '{:.4f} s')}  "
+                  f"{_cell(row, 'peak_bytes', '{:9.1f} MiB', 2**20)}", flush=True)
+        else:
+            if not budget.allows(key, calls, count):
+                trajectory_rows.append({"variant": variant, "window": window, "trajectories": count,
+                                        "skipped": "time budget"})
+                print(f"  M={window:4d} {variant:18s} K={count:2d} skipped: time budget", flush=True)
+                continue
+            stats = attempt(lambda: batched[variant](problem, window, count), shapes.steps, device)
+            budget.record(key, stats, count)
+            row = {"variant": variant, "window": window, "trajectories": count, **stats}
+            if "median_s" in stats:
+                row["meta_gradients_per_s"] = count / stats["median_s"]
+            trajectory_rows.append(row)
+            print(f"  M={window:4d} {variant:18s} K={count:2d} {_cell(row, 'median_s', '{:.4f} s')}  "
+                  f"{_cell(row, 'meta_gradients_per_s', '{:8.2f} meta-grads/s')}  "
+                  f"{_cell(row, 'peak_bytes', '{:9.1f} MiB', 2**20)}", flush=True)
+        write()
     for window in shapes.windows[:1] if args.methods else ():
         method_rows = method_steps([m for m in args.methods.split(",") if m], shapes, device, window, args.profile)
+    write()
 
     headers = ["M", "variant", "s / outer step", "peak memory (MiB)", "speedup vs higher", "memory vs higher"]
-    body = [[r["window"], r["variant"], f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
-             f"{r['speedup_vs_higher']:.2f}x" if "speedup_vs_higher" in r else "-",
-             f"{r['memory_fraction_of_higher']:.3f}" if "memory_fraction_of_higher" in r else "-"] for r in rows]
-    memory_kind = "cuda_max_reserved" if device.type == "cuda" else TensorMemoryMeter.kind
+    body = [[r["window"], r["variant"], _cell(r, "median_s", "{:.4f}"), _cell(r, "peak_bytes", "{:.1f}", 2**20),
+             _cell(r, "speedup_vs_higher", "{:.2f}x"), _cell(r, "memory_fraction_of_higher", "{:.3f}")] for r in rows]
     print(f"\n{hw['device_name']} ({device.type}), N = {shapes.unroll}, peak memory = {memory_kind}")
     print(tabulate(body, headers=headers, tablefmt="github", disable_numparse=True))
     if trajectory_rows:
         print("\nK trajectories per outer step, batched (the meta-gradient is their mean):")
-        print(tabulate([[r["window"], r["variant"], r["trajectories"], f"{r['median_s']:.4f}",
-                         f"{r['meta_gradients_per_s']:.2f}", f"{r['peak_bytes'] / 2**20:.1f}"] for r in trajectory_rows],
+        print(tabulate([[r["window"], r["variant"], r["trajectories"], _cell(r, "median_s", "{:.4f}"),
+                         _cell(r, "meta_gradients_per_s", "{:.2f}"), _cell(r, "peak_bytes", "{:.1f}", 2**20)]
+                        for r in trajectory_rows],
                        headers=["M", "variant", "K", "s / outer step", "meta-gradients / s", "peak memory (MiB)"],
                        tablefmt="github", disable_numparse=True))
     if method_rows:
         print("\nwhole outer steps of registered methods:")
-        base = method_rows[0]
+        ref = method_rows[0]
         print(tabulate([[r["method"], ":".join(filter(None, (r["mode"], r["option"]))), r["window"],
                          f"{r['median_s']:.4f}", f"{r['peak_bytes'] / 2**20:.1f}",
-                         f"{base['median_s'] / r['median_s']:.2f}x", f"{r['peak_bytes'] / max(base['peak_bytes'], 1):.3f}"]
+                         f"{ref['median_s'] / r['median_s']:.2f}x", f"{r['peak_bytes'] / max(ref['peak_bytes'], 1):.3f}"]
                         for r in method_rows],
                        headers=["method", "engine", "M", "s / outer step", "peak memory (MiB)",
-                                f"speedup vs {base['method']}:{base['mode']}", "memory vs it"],
+                                f"speedup vs {ref['method']}:{ref['mode']}", "memory vs it"],
                        tablefmt="github", disable_numparse=True))
         profiled = [r for r in method_rows if "profile" in r]
         if profiled:
@@ -464,12 +562,6 @@ def main(argv: list[str] | None = None) -> int:
             print(tabulate([[part, *(f"{r['profile'][part]:.4f}" for r in profiled)] for part in parts],
                            headers=["", *(f"{r['method']}:{r['option'] or r['mode']}" for r in profiled)],
                            tablefmt="github", disable_numparse=True))
-    if args.json:
-        payload = {"schema_version": 1, "kind": "ddbench.bench.unroll", "hardware": hw, "shapes": asdict(shapes),
-                   "memory_kind": memory_kind, "gradient_check": checks, "rows": rows, "trajectories": trajectory_rows,
-                   "methods": method_rows}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 
