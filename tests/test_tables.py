@@ -167,6 +167,7 @@ def test_shared_helpers():
 def test_empty_views_are_refused_alone_and_skipped_in_all():
     """Records without subset curves or hardness sections: those views are "" in every format."""
     from harness.report.views.hardness import hardness_table
+    from harness.report.views.margins import margins_table
     from harness.report.views.subsets import subset_table
 
     records = _records()
@@ -176,7 +177,10 @@ def test_empty_views_are_refused_alone_and_skipped_in_all():
             with pytest.raises(DDBenchError) as err:
                 render_view(records, view, fmt)
             assert err.value.field == "--view" and view in str(err.value)
-        assert render_view(records, "all", fmt) == render_view(records, "main", fmt) == render(records, fmt)
+        # all: the views with something to show (main, and the margins over the best baseline)
+        shown = [part for part in (render(records, fmt), margins_table(records, fmt)) if part.strip()]
+        assert render_view(records, "all", fmt) == "\n\n".join(shown)
+        assert render_view(records, "main", fmt) == render(records, fmt)
     with pytest.raises(ValueError, match="view"):
         render_view(records, "nope")
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from harness.core.errors import DDBenchError
 from harness.core.progress import progress_bar
 from harness.report.compare import select_records
-from harness.report.records import iter_records
+from harness.report.records import iter_eval_records, iter_records
 from harness.report.site import exports, grids, pages, plots
-from harness.report.site.rows import boards, leaderboard_rows
+from harness.report.site.boards import board_ids
+from harness.report.site.rows import leaderboard_rows, ranked_boards
 from harness.report.tables import unique_runs
 
 GENERATED = ("assets", "figures", "runs", "index.html", "leaderboard.md", "leaderboard.tex")
@@ -23,7 +24,12 @@ def _slug(text: str) -> str:
 
 def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: bool = False) -> dict:
     """Build the site in ``out`` from the records under ``sources`` (those of ``configs`` / the
-    latest config per cell: :func:`~harness.report.compare.select_records`); returns what it wrote."""
+    latest config per cell: :func:`~harness.report.compare.select_records`) and the evaluation
+    records (``ddbench eval``) of those runs found beside them; returns what it wrote.
+
+    Figures per comparable group: a step-bounded group's cost Pareto front (seconds per outer
+    step, peak memory) and anytime curves; a minutes-bounded group's accuracy at equal
+    wall-clock (every method had the same minutes) and final accuracy against peak memory."""
     found = []
     for source in sources:
         if not Path(source).is_dir():
@@ -36,6 +42,12 @@ def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: boo
         paths.setdefault(record.run_id, path)
     records = sorted(select_records(unique_runs(r for _, r in found), configs, latest),
                      key=lambda r: (r.dataset, r.ipc, r.method, r.seed, r.run_id))
+    kept = {r.run_id for r in records}
+    evals: dict[str, list] = {}
+    for source in sources:  # re-evaluations (ddbench eval) of the runs shown, each once
+        for _, e in iter_eval_records(Path(source)):
+            if e.of_run in kept and all(o.eval_id != e.eval_id for o in evals.get(e.of_run, [])):
+                evals.setdefault(e.of_run, []).append(e)
     rows = leaderboard_rows(records)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,33 +68,45 @@ def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: boo
         shutil.copyfile(source, runs_dir / files["record"])
         grid_caption = None
         distilled = source.with_name(record.distilled_file) if record.distilled_file else None
+        label = f"{record.dataset} IPC {record.ipc}: {record.method} s{record.seed}"
         if distilled is not None and distilled.is_file():
             files["distilled"] = f"{stem}.distilled.pt"
             shutil.copyfile(distilled, runs_dir / files["distilled"])
             names = record.class_names or None
-            files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid")
-            grid_list.append((record.dataset, f"{record.method} IPC {record.ipc} s{record.seed}",
-                              f"runs/{files['grid']}", f"runs/{stem}.html"))
+            files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid", title=label)
+            grid_list.append((record.dataset, label, f"runs/{files['grid']}", f"runs/{stem}.html"))
         files["history"] = plots.history(record, runs_dir, f"{stem}-history")
-        (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption))
+        (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption, evals.get(record.run_id)))
         run_pages[record.run_id] = f"runs/{stem}.html"
 
-    ranked = boards(rows)
+    boards = ranked_boards(rows)
     board_figures, dataset_figures = {}, {}
-    for (dataset, ipc) in progress_bar(list(ranked), desc="publish: figures", unit="board"):
-        figs = [(plots.pareto(rows, dataset, ipc, figures_dir), "accuracy against seconds per outer step and "
-                                                                "against peak memory; the line: the Pareto front"),
-                (plots.anytime(records, dataset, ipc, figures_dir), "accuracy at budget: the anytime curves")]
-        board_figures[(dataset, ipc)] = [(f"figures/{src}", caption) for src, caption in figs if src]
+    for board, anchor in progress_bar(list(zip(boards, board_ids(boards))), desc="publish: figures", unit="board"):
+        stem = anchor.removeprefix("board-")
+        budget = board.rows[0].budget
+        if budget is not None and budget[0] == "minutes":
+            figs = [(plots.budget_curves(board.rows, board.heading, figures_dir, f"cost-{stem}", budget[1]),
+                     f"accuracy at equal wall-clock (every method had {budget[1]:g} min): the anytime curves pooled "
+                     "over seeds at the times they were due, and the final accuracy against peak memory; dashed: "
+                     "the best coreset")]
+        else:
+            figs = [(plots.pareto(board.rows, board.heading, figures_dir, f"pareto-{stem}"),
+                     "accuracy against seconds per outer step and against peak memory; grey: the Pareto front; "
+                     "dashed: the best coreset"),
+                    (plots.anytime(board.rows, board.heading, figures_dir, f"anytime-{stem}"),
+                     "accuracy at budget: the anytime curves")]
+        board_figures[board.key] = [(f"figures/{src}", caption) for src, caption in figs if src]
     for dataset in sorted({r.dataset for r in rows}):
         figs = [(plots.accuracy_vs_ipc(rows, dataset, figures_dir), "accuracy against IPC, mean ± std"),
                 (plots.subset_curves(records, dataset, figures_dir), "subsets of distilled sets (prefixes, random "
                                                                      "subsets, block prefixes) by subset IPC"),
                 (plots.hardness(records, dataset, figures_dir), "accuracy per hardness bucket (forgetting scores)")]
         dataset_figures[dataset] = [(f"figures/{src}", caption) for src, caption in figs if src]
-    (out / "index.html").write_text(pages.index_page(ranked, board_figures, dataset_figures, grid_list, run_pages,
-                                                     len(records), [str(s) for s in sources]))
+    n_evals = sum(len(es) for es in evals.values())
+    (out / "index.html").write_text(pages.index_page(boards, board_figures, dataset_figures, grid_list, run_pages,
+                                                     evals, len(records), n_evals, [str(s) for s in sources]))
     (out / "leaderboard.md").write_text(exports.markdown(rows))
     (out / "leaderboard.tex").write_text(exports.latex(rows))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"records": len(records), "boards": len(ranked), "runs": len(run_pages), "bytes": size}
+    return {"records": len(records), "boards": len(boards), "runs": len(run_pages), "evaluations": n_evals,
+            "bytes": size}
