@@ -1,11 +1,19 @@
 """Accuracy at budget: the curve recorded during distillation, its time kept apart, its resume,
-and the budget view."""
+and the budget view; the hook during the distillation that any analysis has (the curve's)."""
 
 from __future__ import annotations
 
-import pytest
+import time
+from types import SimpleNamespace
 
-from conftest import make_record, tiny_suite, typed
+import pytest
+import torch
+
+import harness.run.cell as cell_module
+from conftest import files_under, make_record, tiny_suite, typed
+from harness.core.config import StrictModel
+from harness.engine.memory import PeakMemory
+from harness.evaluation import ANALYSES, Analysis, register_analysis
 from harness.method import method_class
 from harness.report import iter_records
 from harness.report.views.budget import budget_table
@@ -86,3 +94,93 @@ def test_the_budget_view_compares_at_equal_steps_and_equal_time():
     # At 2 s of distillation rat_bptt had done 20 steps (0.6), at_bptt only 10 (0.55).
     assert rows[("rat_bptt", "s", "2.0")] == pytest.approx(0.6) and rows[("at_bptt", "s", "2.0")] == 0.55
     assert budget_table(typed([make_record()]), "github") == ""
+
+
+# ----------------------------------------------------------------------------- the hook any analysis has
+
+
+class _StepsConfig(StrictModel):
+    enabled: bool = True
+
+
+class _StepsSeen(Analysis):
+    """Test analysis: every step its `during` hook saw, and the distillation seconds then."""
+
+    Config = _StepsConfig
+    section = "steps_seen"
+    calls: list = []
+
+    def during(self, cfg, state, ctx):
+        with ctx.apart("counting"):
+            _StepsSeen.calls.append(ctx.step)
+            cell_module.time.perf_counter.offset += 1000.0  # a long measurement (never distillation time)
+        return {"steps": [*state.get("steps", []), ctx.step], "elapsed": [*state.get("elapsed", []), ctx.elapsed],
+                "final": ctx.final}
+
+    def run(self, cfg, ctx):
+        return {**ctx.during, "images": ctx.distilled.images.shape[0]}
+
+
+class _Clock:
+    """time.perf_counter for harness.run.cell, moved on by the test analysis."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def __call__(self):
+        return time.perf_counter() + self.offset
+
+
+def test_an_analysis_measures_during_the_distillation_by_its_hook_alone(write_suite, cli, tmp_path, monkeypatch):
+    """The runner knows no analysis by name: a plug-in's ``during`` sees every completed step and the
+    end, apart from the distillation (its time not counted, the memory meter excluding it while the
+    meter runs), its running state checkpointed and handed back on resume, and in its section."""
+    monkeypatch.setattr(cell_module, "time", SimpleNamespace(perf_counter=_Clock()))
+    _StepsSeen.calls.clear()
+    excluded = []
+    real_excluding = PeakMemory.excluding
+    monkeypatch.setattr(PeakMemory, "excluding", lambda self: excluded.append(1) or real_excluding(self))
+    suite = tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}},
+                       budget={"outer_steps": 5, "checkpoint_minutes": 1e9})
+    path = write_suite(suite)
+    cls = method_class("tbptt")
+    original = cls.step
+
+    def interrupted(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    with ANALYSES.scoped():
+        register_analysis("steps_seen")(_StepsSeen)
+        assert cli("run", path, "--out", tmp_path / "a", "-q")[0] == 0
+        assert _StepsSeen.calls == [1, 2, 3, 4, 5, 5] and len(excluded) == 5  # the end: after the meter stopped
+        (a,) = [r for _, r in iter_records(tmp_path / "a")]
+        assert a.steps_seen["steps"] == [1, 2, 3, 4, 5, 5] and a.steps_seen["final"] is True
+        assert a.steps_seen["images"] == 10 and a.distill.wall_clock_s < 1000  # none of the hook's "1000 s"
+        assert a.steps_seen["elapsed"][-1] == a.distill.wall_clock_s
+        monkeypatch.setattr(cls, "step", interrupted)
+        assert cli("run", path, "--out", tmp_path / "b", "-q")[0] == 130  # checkpointed at step 3
+        _StepsSeen.calls.clear()
+        monkeypatch.setattr(cls, "step", original)
+        code, _, err = cli("run", path, "--out", tmp_path / "b", "-q")
+        assert code == 0 and "resuming digits ipc1 tbptt s0 from outer step 3" in err
+        assert _StepsSeen.calls == [4, 5, 5]  # the state of steps 1-3 came back from the checkpoint
+        (b,) = [r for _, r in iter_records(tmp_path / "b")]
+        assert b.steps_seen["steps"] == a.steps_seen["steps"]
+
+
+def test_a_checkpoint_of_the_earlier_format_is_refused_in_one_line(write_suite, cli, tmp_path):
+    """Checkpoints written before the cell state (the anytime curve under its own key, no format) do
+    not load: one line naming the file and the field, exit 2, nothing written."""
+    path = write_suite(tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2}}))
+    cell = load_suite(path).cells()[0]
+    ckpt = cell_paths(tmp_path / "out", cell)["checkpoint"]
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"run_id": cell.run_id, "step": 1, "method_state": {}, "elapsed_s": 0.1, "peak_memory_bytes": 0,
+                "step_times": [0.1], "history": [], "history_stride": 1, "started_at": "2024-01-01T00:00:00+00:00",
+                "anytime": {"points": [], "next_s": None, "eval_seconds": 0.0}}, ckpt)
+    code, _, err = cli("run", path, "--out", tmp_path / "out", "-q")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert str(ckpt) in err and ": format: " in err and "format 1" in err and "delete it" in err
+    assert files_under(tmp_path / "out") == [ckpt]

@@ -225,8 +225,8 @@ def test_a_long_outer_step_shows_its_inner_steps(write_suite, tmp_path, monkeypa
     cell = load_suite(write_suite(_suite(3, tbptt={"unroll": 3, "window": 2, "engine": {"mode": "recompute"}}))
                       ).cells()[-1]
     recorder = Recorder()
-    cell_module.run_cell(cell, load_dataset(DataConfig(name="digits")), torch.device("cpu"), torch.float32,
-                         tmp_path / "out", recorder)
+    task = cell_module.cell_task(cell, load_dataset(DataConfig(name="digits")), torch.device("cpu"), torch.float32)
+    cell_module.run_cell(cell, task, tmp_path / "out", recorder)
     # Steps 1 and 2 (after the first step was "long"): unroll 3, window 2: 1 prefix + 2 window forward, 2 reverse.
     assert recorder.calls[:5] == [(1, 3, "forward"), (2, 3, "forward"), (3, 3, "forward"), (1, 2, "reverse"),
                                   (2, 2, "reverse")]

@@ -396,3 +396,15 @@ def test_a_learned_lr_is_used_only_with_the_optimizer_it_was_learned_for(inner, 
     if refused:
         with pytest.raises(ConfigError):
             check_learned_lr(optimizer_without_lr(InnerOptimizerConfig(**inner)), InnerOptimizerConfig(**evaluation))
+
+
+def test_run_cell_is_a_short_loop_around_the_cell_state():
+    """Issue 20's budget: the cell's loop reads in one screen (its state, checkpoint and record live
+    in harness.run.recording.CellState; the analyses are reached through their hooks, none by name)."""
+    import inspect
+
+    import harness.run.cell as cell_module
+
+    assert len(inspect.getsource(cell_module.run_cell).splitlines()) <= 60
+    code = inspect.getsource(cell_module).replace(cell_module.__doc__, "")  # the module's code, not its docstring
+    assert not any(name in code for name in ("anytime", "hardness", "subsets", "ddranking"))

@@ -7,19 +7,23 @@ An analysis is declared in one place, its class::
         Config = HardnessConfig             # the suite table's schema (and its defaults)
         section = "hardness"                # the record field it fills
         def networks(self, cfg, model): ... # networks to build before the first cell runs
-        def run(self, cfg, ctx): ...        # the section, as JSON-able data
+        def during(self, cfg, state, ctx): ...  # optional: a measurement during the distillation
+        def run(self, cfg, ctx): ...        # the section, as JSON-able data (None: no section)
 
 The suite loader validates ``[NAME]`` with ``Config``, the runner checks ``networks`` before
-any cell writes a file and calls ``run`` after each evaluation. Analyses never import the
-table views, and the views read only the record sections (``harness.report``). Built-ins:
-``hardness``, ``subsets`` and ``ddranking`` (:mod:`.scores`), found as every registry finds its
-built-ins (:mod:`harness.core.registry`); another package adds one through the
-``ddbench.analyses`` entry-point group.
+any cell writes a file, calls ``during`` after every outer step of a distillation (its running
+state checkpointed with the cell) and ``run`` after each evaluation. The runner knows no
+analysis by name. Analyses never import the table views, and the views read only the record
+sections (``harness.report``). Built-ins: ``anytime`` (:mod:`.anytime`, accuracy at budget: the
+one that measures during the distillation), ``hardness``, ``subsets`` and ``ddranking``
+(:mod:`.scores`), found as every registry finds its built-ins (:mod:`harness.core.registry`);
+another package adds one through the ``ddbench.analyses`` entry-point group.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -28,7 +32,7 @@ from pydantic import BaseModel
 from harness.core.registry import Registry, first_doc_line
 from harness.data import DatasetSplits
 from harness.evaluation.protocols import EvalResult, ProtocolConfig
-from harness.method import DistilledSet
+from harness.method import DistilledSet, DistillTask, Method
 from harness.models import ModelConfig
 
 
@@ -48,6 +52,27 @@ class AnalysisContext:
     # report(what, done, total): a long part of an analysis (a full-data network's epochs) shown
     # as the cell's phase with its own ETA; None where nobody watches.
     report: Callable[[str, int, int], None] | None = None
+    # This analysis' running state from its `during` hook ({} when it measured nothing).
+    during: dict[str, Any] = field(default_factory=dict)
+
+
+def _apart(what: str) -> AbstractContextManager[None]:
+    del what
+    return nullcontext()
+
+
+@dataclass
+class DistillContext:
+    """What an analysis may look at during a distillation (:meth:`Analysis.during`)."""
+
+    task: DistillTask  # the cell's data (on its device, in its dtype), network and seed
+    method: Method  # the method distilling: ``method.distilled()`` is the set so far
+    step: int  # outer steps done
+    elapsed: float  # seconds of distillation so far (the analyses' own time never counted)
+    final: bool = False  # the distillation has ended: the last call, after its last step
+    # apart(what): the block is a measurement apart from the distillation: shown as the cell's
+    # phase (``what``), its memory left out of the distillation's peak.
+    apart: Callable[[str], AbstractContextManager[None]] = _apart
 
 
 class Analysis:
@@ -62,7 +87,25 @@ class Analysis:
         del cfg, model
         return []
 
-    def run(self, cfg: Any, ctx: AnalysisContext) -> dict[str, Any]:
+    def during(self, cfg: Any, state: dict[str, Any], ctx: DistillContext) -> dict[str, Any] | None:
+        """Called after every completed outer step of a distillation and once more at its end
+        (``ctx.final``): the new running state when it measured something, else None (nothing
+        measured by default). A measurement runs inside ``ctx.apart``. The state is plain data
+        (numbers, strings, lists, dicts), a new object each time (never ``state`` changed in
+        place): the cell checkpoints it, a resumed cell hands it back, and :meth:`run` finds it
+        as ``ctx.during``."""
+        del cfg, state, ctx
+        return None
+
+    def evaluations_during(self, cfg: Any, state: dict[str, Any], protocol: ProtocolConfig,
+                           ) -> list[tuple[int, list[dict[str, Any]]]]:
+        """``(outer step, budgets)`` of each evaluation :meth:`during` made under ``protocol``
+        (a protocol with budgets), for the record's test-selected maximum over checkpoints
+        (``eval.test_selected``); none by default."""
+        del cfg, state, protocol
+        return []
+
+    def run(self, cfg: Any, ctx: AnalysisContext) -> dict[str, Any] | None:
         raise NotImplementedError
 
     @classmethod

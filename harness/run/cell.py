@@ -3,9 +3,13 @@
 :func:`execute_cell` is what an executor calls for a cell: it takes the cell's lock (a second
 driver on the same folder, or a Ray retry racing a slow worker, skips a cell that is running),
 removes temp files an interrupted write left, runs :func:`run_cell`, and turns a crash into a
-``failed`` record. :func:`run_cell` is the only function that writes a cell's files
-(checkpoint, distilled set, record), each atomically. Outer step t draws its randomness from
-``(seed, t)``, so a cell resumed from its checkpoint ends exactly where an uninterrupted run ends.
+``failed`` record. :func:`run_cell` is one loop of outer steps around the cell's
+:class:`~harness.run.recording.CellState` (steps, seconds, memory, history, the analyses'
+running state), which writes the checkpoint and assembles the record; after every step the
+analyses' ``during`` hooks may measure the set (the anytime curve), apart from the
+distillation's time and memory. Only this module writes a cell's files (checkpoint, distilled
+set, record), each atomically. Outer step t draws its randomness from ``(seed, t)``, so a cell
+resumed from its checkpoint ends exactly where an uninterrupted run ends.
 
 How a cell can end: ``ok`` (evaluated and analysed); ``diverged`` (a non-finite outer loss,
 meta-gradient or synthetic set at some step: recorded with the step, no accuracy, no rerun);
@@ -19,8 +23,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,17 +33,16 @@ import torch
 from filelock import FileLock, Timeout
 
 from harness.core.errors import CheckpointError, StorageError, one_line
-from harness.core.io import atomic_torch_save, atomic_write, remove_stale_temp_files
-from harness.core.provenance import BusyMeter
+from harness.core.io import atomic_write, remove_stale_temp_files
 from harness.data import DatasetSplits
 from harness.engine.memory import PeakMemory
-from harness.evaluation import ANALYSES, AnalysisContext, evaluate
-from harness.method import DistillTask, method_class
-from harness.report import read_record, record_stem, write_record
-from harness.run.anytime import AnytimeCurve, best_on_test_over_checkpoints
+from harness.evaluation import EvalResult, evaluate
+from harness.evaluation.analysis import AnalysisContext, DistillContext
+from harness.method import DistilledSet, DistillTask, method_class
+from harness.report import RunRecord, read_record, record_stem, write_record
 from harness.run.interrupt import StopRequested, stop_on_signals
 from harness.run.progress import INNER_AFTER_S, CellProgress, budget_warning, human_seconds, say
-from harness.run.recording import build_record, distill_section, json_safe, now_iso
+from harness.run.recording import CellState
 from harness.run.suite import Cell
 
 log = logging.getLogger("ddbench")
@@ -100,44 +104,6 @@ def outcome_of(cell: Cell, record, path: Path) -> CellOutcome:
                        record.distill.outer_steps, record.distill.wall_clock_s, message)
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-CHECKPOINT_KEYS = ("run_id", "step", "method_state", "elapsed_s", "peak_memory_bytes", "step_times", "history",
-                   "started_at")
-
-
-def load_checkpoint(path: Path, run_id: str) -> dict[str, Any]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data: no pickled code
-    except Exception as err:  # torch raises many types for a damaged file
-        raise CheckpointError(f"corrupt checkpoint ({err.__class__.__name__}); delete it to start the cell over",
-                              file=str(path)) from None
-    if not isinstance(ckpt, dict) or not all(k in ckpt for k in CHECKPOINT_KEYS):
-        raise CheckpointError("not a ddbench checkpoint; delete it to start the cell over", file=str(path))
-    if ckpt["run_id"] != run_id:
-        raise CheckpointError(f"checkpoint belongs to run {ckpt['run_id']}, not {run_id}", file=str(path),
-                              field="run_id")
-    return ckpt
-
-
-class History:
-    """The record's per-step metrics, about a hundred entries whatever the run's length: every
-    ``total // 100``-th step of a step budget; of a run bounded by minutes only, every step at
-    first, then every 2nd, 4th, ... (entries thinned as the run goes on)."""
-
-    def __init__(self, total: int, entries: list[dict] | None = None, stride: int | None = None):
-        self.total = total
-        self.entries = entries or []
-        self.stride = stride or max(1, total // 100)
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        if step % self.stride == 0 or step == self.total - 1:
-            self.entries.append(json_safe({"step": step, **metrics}))
-        if self.total == 0 and len(self.entries) > 200:
-            self.stride *= 2
-            self.entries = [e for e in self.entries if e["step"] % self.stride == 0]
-
-
 # ------------------------------------------------------------------------------------ running
 
 
@@ -163,7 +129,7 @@ def execute_cell(cell: Cell, data: Callable[[], DatasetSplits], device: torch.de
             say(f"{desc}: removed {len(removed)} temp file(s) an interrupted write left: "
                 f"{', '.join(p.name for p in removed)}")
         try:
-            record = run_cell(cell, data(), device, dtype, out_dir, progress)
+            record = run_cell(cell, cell_task(cell, data(), device, dtype), out_dir, progress)
         except (StorageError, CheckpointError):
             raise
         except Exception as err:  # noqa: BLE001 - recorded as the cell's failure; the suite goes on
@@ -177,160 +143,130 @@ def execute_cell(cell: Cell, data: Callable[[], DatasetSplits], device: torch.de
         lock.release()
 
 
-def _record_failure(cell: Cell, paths: dict[str, Path], device, dtype, err: Exception) -> CellOutcome:
-    reason = one_line(err)[:500]
+def _record_failure(cell: Cell, paths: dict[str, Path], device: torch.device, dtype: torch.dtype,
+                    err: Exception) -> CellOutcome:
     text = "".join(traceback.format_exception(err))
     atomic_write(paths["error"], lambda f: f.write(text.encode()))
-    record = build_record(cell, status="failed", eval_section=None, preprocessing={}, device=device, dtype=dtype,
-                          started_at=now_iso(), busy=BusyMeter(), wraps=None, error=reason,
-                          error_file=paths["error"].name,
-                          distill=distill_section(steps_done=0, stopped_by="failed", elapsed=0.0, step_times=[],
-                                                  peak=0, memory_kind="none", data=None, history=[], summary={}))
+    record = CellState(cell, device, dtype, stopped_by="failed").record(
+        "failed", error=one_line(err)[:500], error_file=paths["error"].name)
     write_record(paths["record"], record)
     return outcome_of(cell, record, paths["record"])
 
 
-def run_cell(cell: Cell, data: DatasetSplits, device: torch.device, dtype: torch.dtype, out_dir: Path,
-             progress: CellProgress):
+def run_cell(cell: Cell, task: DistillTask, out_dir: Path, progress: CellProgress) -> RunRecord:
     """Distil, evaluate and record one cell (resuming from its checkpoint if there is one);
-    returns its :class:`RunRecord`. ``data`` is on ``device`` in ``dtype``."""
-    busy = BusyMeter()
+    returns its record. ``task.data`` is on ``task.device`` in ``task.dtype``."""
     paths, desc = cell_paths(out_dir, cell), cell_desc(cell)
-    task = cell_task(cell, data, device, dtype)
     method = cell_method(cell)
     method.setup(task)
-    total = method.outer_steps(task)  # 0 for a method that distils: until the minutes budget
-
-    start, elapsed, peak, step_times, started_at = 0, 0.0, 0, [], now_iso()
-    history, curve = History(total), AnytimeCurve(cell.anytime)
-    if paths["checkpoint"].exists():
-        ckpt = load_checkpoint(paths["checkpoint"], cell.run_id)
-        method.load_state_dict(ckpt["method_state"])
-        start, elapsed, peak = ckpt["step"], ckpt["elapsed_s"], ckpt["peak_memory_bytes"]
-        step_times, started_at = ckpt["step_times"], ckpt["started_at"]
-        history = History(total, ckpt["history"], ckpt.get("history_stride"))
-        curve = AnytimeCurve(cell.anytime, **ckpt.get("anytime", {}))
+    state = CellState.resume(cell, task, method, paths["checkpoint"])
+    start, limit_s = state.step, cell.budget.minutes * 60 if cell.budget.minutes else None
+    if start:
         say(f"resuming {desc} from outer step {start}")
-
-    def save_checkpoint(step: int, method_state: dict, seconds: float, times: list, entries: list,
-                        curve_state: dict) -> None:
-        atomic_torch_save({"run_id": cell.run_id, "step": step, "method_state": method_state, "elapsed_s": seconds,
-                           "peak_memory_bytes": peak, "step_times": times, "history": entries,
-                           "history_stride": history.stride, "started_at": started_at, "anytime": curve_state},
-                          paths["checkpoint"])
-
-    def snapshot() -> tuple:
-        return step, method.state_dict(), elapsed, list(step_times), list(history.entries), curve.state()
-
-    limit_s = cell.budget.minutes * 60 if cell.budget.minutes else None
-    stopped_by, diverged, step = "outer_steps", None, start
-    # The last completed step's state: what an interruption in the middle of a step checkpoints.
-    last_good = snapshot()
-    last_ckpt = time.perf_counter()
-    wants_inner = hasattr(method, "inner_progress")
-    progress.begin(desc, total, start, limit_s)
+    progress.begin(desc, state.total, start, limit_s)
     try:
-        with PeakMemory(device) as meter, stop_on_signals():
-            try:
-                while method.distils and (total == 0 or step < total):
-                    if limit_s is not None and elapsed >= limit_s:
-                        stopped_by = "minutes"
-                        break
-                    t0 = time.perf_counter()
-                    metrics = method.step(step)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    dt = time.perf_counter() - t0
-                    elapsed += dt
-                    step_times.append(dt)
-                    history.add(step, metrics)
-                    reason = method.divergence(metrics)
-                    if reason is not None:
-                        diverged = (step, reason)
-                        break
-                    progress.step(step, elapsed, metrics)
-                    step += 1
-                    if curve.due(step, elapsed):
-                        progress.phase(f"anytime evaluation at step {step}")
-                        with meter.excluding():
-                            curve.measure(method, data, cell, step, elapsed, device, dtype)
-                    last_good = snapshot()
-                    if step == start + 2 and (warning := budget_warning(desc, str(device), step_times, step, total,
-                                                                          limit_s)):
-                        say(f"ddbench: warning: {warning}")
-                    if wants_inner and dt > INNER_AFTER_S:
-                        method.inner_progress = progress.inner
-                    if time.perf_counter() - last_ckpt > cell.checkpoint_minutes * 60:
-                        peak = max(peak, meter.current_peak())
-                        save_checkpoint(*last_good)
-                        last_ckpt = time.perf_counter()
-            except (StopRequested, KeyboardInterrupt) as stop:  # KeyboardInterrupt: a Ray cancellation
-                peak = max(peak, meter.current_peak())
-                if last_good[0] > start:
-                    save_checkpoint(*last_good)
-                name = stop.name if isinstance(stop, StopRequested) else "interrupted"
-                say(f"ddbench: {name}: {desc} checkpointed at outer step {last_good[0]}; run the same "
-                    "command to resume")
-                if isinstance(stop, StopRequested):
-                    stop.reported = True
-                raise
-        peak = max(peak, meter.peak_bytes)
-        steps_done = step
-        wraps = None if method.wraps is None else getattr(cell.method_config, method.wraps[0])
-        common = dict(device=device, dtype=dtype, started_at=started_at, busy=busy, wraps=wraps,
-                      preprocessing=data.preprocessing, class_names=data.class_names)
-
-        def section(**extra: Any) -> dict[str, Any]:
-            return distill_section(steps_done=steps_done, stopped_by=stopped_by, elapsed=elapsed,
-                                   step_times=step_times, peak=peak, memory_kind=meter.kind, data=data,
-                                   history=history.entries, summary=method.summary(), **extra)
-
-        if diverged is not None:  # final: the same run diverges again; no accuracy is recorded
-            record = build_record(cell, status="diverged", eval_section=None, **common,
-                                  distill=section(diverged_at=diverged[0], divergence=diverged[1]))
-            say(f"ddbench: {desc} diverged at outer step {diverged[0]}: {diverged[1]}")
-            write_record(paths["record"], record)
-            paths["checkpoint"].unlink(missing_ok=True)
-            return record
-        if curve.cfg is not None and method.distils:  # the curve's last point: the end of the distillation
-            curve.measure(method, data, cell, steps_done, elapsed, device, dtype)
-        if steps_done > start:  # the distillation is done: an interruption from here resumes at the evaluation
-            save_checkpoint(*last_good[:5], curve.state())  # last_good is this state; the curve gained its end
-
-        with stop_on_signals(), _reported_as(f"{desc}: stopped in its evaluation; its distillation is "
-                                             "checkpointed: run the same command to resume"):
-            progress.phase("evaluating")
-            distilled = method.distilled()
-            distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name,
-                                   "pixels": "normalization and ZCA undone; after ZCA each image min-max scaled"})
-            if data.to_pixels is not None:
-                distilled.pixels = data.to_pixels(distilled.images)
-            result = evaluate(distilled, data, cell.eval, cell.model, seed=cell.seed, device=device, dtype=dtype)
-            ctx = AnalysisContext(data=data, distilled=distilled, eval_result=result, protocol=cell.eval,
-                                  model=cell.model, seed=cell.seed, device=device, dtype=dtype, progress=False,
-                                  report=progress.work)
-            sections = {}
-            for name, cfg in cell.analyses.items():
-                progress.phase(f"analysing: {name}")
-                analysis = ANALYSES.get(name)()
-                sections[analysis.section] = json_safe(analysis.run(cfg, ctx))
+        with PeakMemory(task.device) as meter, stop_on_signals(), _checkpointed_on_stop(state, meter, paths, start,
+                                                                                         desc):
+            apart, saved_at = partial(_apart, progress, meter), time.perf_counter()
+            while method.distils and state.goes_on(limit_s):
+                t0 = time.perf_counter()
+                metrics = method.step(state.step)
+                if task.device.type == "cuda":
+                    torch.cuda.synchronize(task.device)
+                if not state.stepped(metrics, time.perf_counter() - t0, method.divergence(metrics)):
+                    break  # diverged
+                progress.step(state.step - 1, state.elapsed, metrics)
+                state.during(DistillContext(task, method, state.step, state.elapsed, apart=apart))
+                state.commit(method)
+                _watch(state, method, progress, desc, start, limit_s)
+                if time.perf_counter() - saved_at > cell.checkpoint_minutes * 60:
+                    state.peak = max(state.peak, meter.current_peak())
+                    state.save(paths["checkpoint"])
+                    saved_at = time.perf_counter()
+        state.peak, state.memory_kind = max(state.peak, meter.peak_bytes), meter.kind
+        if state.diverged is not None:  # final: the same run diverges again; no accuracy is recorded
+            return _record_divergence(state, task, method, paths, desc)
+        if method.distils:  # the analyses' look at the end of the distillation (the meter has stopped)
+            state.during(DistillContext(task, method, state.step, state.elapsed, final=True,
+                                        apart=partial(_apart, progress, None)))
+        if state.step > start:  # the distillation is done: an interruption from here resumes at the evaluation
+            state.commit()  # the last step's method state; the analyses gained the end
+            state.save(paths["checkpoint"])
+        distilled, result, sections = _evaluate(cell, task, method, state, progress, desc)
     finally:
         progress.end()
-    evaluation = {"protocol": cell.eval.model_dump(mode="json"), "accuracy_mean": result.accuracy_mean,
-                  "accuracy_std": result.accuracy_std, "accuracy_per_model": result.accuracy_per_model,
-                  "details": json_safe(result.details)}
-    if (best := best_on_test_over_checkpoints(result, cell.eval, steps_done, curve)) is not None:
-        evaluation["test_selected"] = best  # "as published: test-selected upper bound", beside accuracy_mean
-    if curve.cfg is not None:
-        sections["anytime"] = curve.section()
-    record = build_record(cell, status="ok", eval_section=evaluation, distill=section(), sections=sections,
-                          distilled_file=paths["distilled"].name, **common)
+    record = state.record("ok", data=task.data, method=method, result=result, sections=sections,
+                          distilled_file=paths["distilled"].name)
     # The distilled set just before its record: a failure before this point leaves neither.
     distilled.save(paths["distilled"])
     write_record(paths["record"], record)
     paths["checkpoint"].unlink(missing_ok=True)
     paths["error"].unlink(missing_ok=True)  # a failure of an earlier attempt, now superseded
     return record
+
+
+def _watch(state: CellState, method, progress: CellProgress, desc: str, start: int, limit_s: float | None) -> None:
+    """After a step: the budget warning (once two steps are timed); a long step's inner steps shown
+    from the next step on."""
+    if state.step == start + 2 and (warning := budget_warning(desc, str(state.device), state.step_times, state.step,
+                                                              state.total, limit_s)):
+        say(f"ddbench: warning: {warning}")
+    if hasattr(method, "inner_progress") and state.step_times[-1] > INNER_AFTER_S:
+        method.inner_progress = progress.inner
+
+
+def _record_divergence(state: CellState, task: DistillTask, method, paths: dict[str, Path], desc: str) -> RunRecord:
+    record = state.record("diverged", data=task.data, method=method)
+    say(f"ddbench: {desc} diverged at outer step {state.diverged[0]}: {state.diverged[1]}")
+    write_record(paths["record"], record)
+    paths["checkpoint"].unlink(missing_ok=True)
+    return record
+
+
+def _evaluate(cell: Cell, task: DistillTask, method, state: CellState, progress: CellProgress,
+              desc: str) -> tuple[DistilledSet, EvalResult, dict[str, Any]]:
+    """The distilled set, its evaluation and the analyses' record sections."""
+    with stop_on_signals(), _reported_as(f"{desc}: stopped in its evaluation; its distillation is "
+                                         "checkpointed: run the same command to resume"):
+        progress.phase("evaluating")
+        distilled, data = method.distilled(), task.data
+        distilled.meta.update({"run_id": cell.run_id, "method": cell.method, "dataset": cell.dataset.name,
+                               "pixels": "normalization and ZCA undone; after ZCA each image min-max scaled"})
+        if data.to_pixels is not None:
+            distilled.pixels = data.to_pixels(distilled.images)
+        result = evaluate(distilled, data, cell.eval, task.model, seed=task.seed, device=task.device, dtype=task.dtype)
+        ctx = AnalysisContext(data=data, distilled=distilled, eval_result=result, protocol=cell.eval, model=task.model,
+                              seed=task.seed, device=task.device, dtype=task.dtype, progress=False,
+                              report=progress.work)
+        return distilled, result, state.analyse(ctx, progress.phase)
+
+
+@contextmanager
+def _apart(progress: CellProgress, meter: PeakMemory | None, what: str) -> Iterator[None]:
+    """``DistillContext.apart``: an analysis' measurement shown as the cell's phase, its memory
+    left out of the distillation's peak (``meter``, while it runs)."""
+    progress.phase(what)
+    with nullcontext() if meter is None else meter.excluding():
+        yield
+
+
+@contextmanager
+def _checkpointed_on_stop(state: CellState, meter: PeakMemory, paths: dict[str, Path], start: int,
+                          desc: str) -> Iterator[None]:
+    """A signal, or a Ray cancellation (KeyboardInterrupt), in the distillation: the last
+    completed step checkpointed (unless it is where the run started), and said."""
+    try:
+        yield
+    except (StopRequested, KeyboardInterrupt) as stop:
+        state.peak = max(state.peak, meter.current_peak())
+        if state.good["step"] > start:
+            state.save(paths["checkpoint"])
+        name = stop.name if isinstance(stop, StopRequested) else "interrupted"
+        say(f"ddbench: {name}: {desc} checkpointed at outer step {state.good['step']}; run the same "
+            "command to resume")
+        if isinstance(stop, StopRequested):
+            stop.reported = True
+        raise
 
 
 @contextmanager

@@ -26,9 +26,11 @@ from harness.core.process import torch_threads
 from harness.engine import inner_loss, make_torch_optimizer
 from harness.evaluation.protocols import PROTOCOLS, new_network, train_network
 from harness.evaluation.scores import ScoresConfig, pending_work
+from harness.method import DistillTask
 from harness.report import read_record
-from harness.run.cell import cell_method, cell_paths, cell_task, load_checkpoint, to_device
+from harness.run.cell import cell_method, cell_paths, cell_task, to_device
 from harness.run.progress import human_seconds
+from harness.run.recording import load_checkpoint
 from harness.run.runner import check_cell, load_cell_dataset, resolve_device
 from harness.run.suite import Cell, Suite
 
@@ -46,11 +48,12 @@ def cell_state(cell: Cell, out_dir: Path) -> tuple[str, int]:
     return "new", 0
 
 
-def _time_setting(cell: Cell, data, device, dtype, steps: int) -> tuple[float, float, bool]:
+def _time_setting(cell: Cell, task: DistillTask, steps: int) -> tuple[float, float, bool]:
     """Seconds per outer step (median of ``steps`` after a warm-up) and of the evaluation, and
     whether the set has soft labels."""
     method = cell_method(cell)
-    method.setup(cell_task(cell, data, device, dtype))
+    method.setup(task)
+    data, device, dtype = task.data, task.device, task.dtype
     per_step = 0.0
     if method.distils:
         times = []
@@ -147,7 +150,7 @@ def plan_suite(suite: Suite, out_dir: Path, *, time_steps: int = 2, methods=None
             if pending:
                 check_cell(suite, first, loaded[name], dtype)
                 data = to_device(loaded[name], device, dtype)
-                per_step, eval_s, soft = _time_setting(first, data, device, dtype, time_steps)
+                per_step, eval_s, soft = _time_setting(first, cell_task(first, data, device, dtype), time_steps)
                 analysis = sum(analysis_cost.seconds(cell, data, soft, eval_s) for cell, _ in pending)
             steps, limit = first.budget.outer_steps, first.budget.minutes
             estimate = 0.0

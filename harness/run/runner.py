@@ -24,9 +24,10 @@ from harness.evaluation import ANALYSES
 from harness.evaluation.protocols import PROTOCOLS, check_learned_lr
 from harness.models import create_model
 from harness.report import read_record
-from harness.run.cell import CellOutcome, cell_desc, cell_method, cell_paths, cell_task, load_checkpoint
+from harness.run.cell import CellOutcome, cell_desc, cell_method, cell_paths, cell_task
 from harness.run.executors import Executor, LocalExecutor
 from harness.run.progress import human_seconds, say
+from harness.run.recording import load_checkpoint
 from harness.run.suite import Cell, Suite, dataset_error_field
 
 log = logging.getLogger("ddbench")

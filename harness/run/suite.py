@@ -11,8 +11,9 @@ A suite is a TOML file (see ``suites/smoke.toml`` for a commented example)::
                    (harness.evaluation.protocols)
     [data.NAME]    options of dataset NAME (harness.data.DataConfig, without ``name``)
     [ANALYSIS]     the config of a registered analysis of every distilled set, e.g. [hardness]
-                   (harness.evaluation.hardness) and [subsets] (harness.evaluation.subsets)
-    [anytime]      accuracy at budget: evaluate the set every k outer steps / m minutes (AnytimeConfig)
+                   (harness.evaluation.hardness), [subsets] (harness.evaluation.subsets) and
+                   [anytime], accuracy at budget: the set evaluated every k outer steps / m minutes
+                   of its distillation (harness.evaluation.anytime)
     [method_defaults]  settings given to every method whose config has that field (e.g. the
                    inner optimizer, the real batch), and to the method a wrapper wraps (its
                    ``Method.wraps``); a method's own table overrides them
@@ -147,24 +148,6 @@ class Budget(BudgetValues):
                             minutes=override.minutes if override.minutes is not None else self.minutes)
 
 
-class AnytimeConfig(_Strict):
-    """Accuracy at budget (``[anytime]``): the synthetic set evaluated during distillation, every
-    ``every_steps`` outer steps and/or ``every_minutes`` of distillation, with a (cheaper)
-    protocol; the record keeps the curve (outer step, seconds, accuracy). Not in the run id: it
-    does not change the distilled set, and its time is not counted as distillation time."""
-
-    enabled: bool = False
-    every_steps: int | None = Field(None, ge=1)
-    every_minutes: float | None = Field(None, gt=0)
-    protocol: AnyProtocol = StandardConfig(models=2, steps=300)
-
-    @model_validator(mode="after")
-    def _when(self):
-        if self.enabled and self.every_steps is None and self.every_minutes is None:
-            raise ValueError("every_steps or every_minutes must say when to evaluate")
-        return self
-
-
 class SuiteFile(_Strict):
     suite: SuiteInfo
     grid: Grid
@@ -175,7 +158,6 @@ class SuiteFile(_Strict):
     data: dict[str, dict[str, Any]] = {}
     method_defaults: dict[str, Any] = {}
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
-    anytime: AnytimeConfig = AnytimeConfig()
 
 
 @dataclass(frozen=True)
@@ -199,7 +181,6 @@ class Cell:
     # redo its analyses). An analysis the suite does not configure runs with its defaults.
     analyses: dict[str, BaseModel] = field(default_factory=dict)
     overrides: tuple[str, ...] = ()  # ``--set`` options the suite was loaded with (their values are in the config)
-    anytime: AnytimeConfig | None = None  # the accuracy-at-budget curve (not in the run id)
 
     def normalized(self) -> dict[str, Any]:
         """The cell's config in a canonical JSON form: hashed into the run id."""
@@ -261,7 +242,7 @@ class Suite:
                                         self.method_configs[(label, ipc)], seed, self.spec.model, self.spec.eval,
                                         self.spec.budget.for_ipc(ipc), self.spec.hardware,
                                         self.spec.budget.checkpoint_minutes, dict(self.analyses),
-                                        self.overrides, self.spec.anytime))
+                                        self.overrides))
         return out
 
     def _select(self, wanted: list | None, grid: list, option: str) -> list:
@@ -326,16 +307,7 @@ def apply_override(raw: dict, override: str) -> None:
 
 
 def _load(path: Path, check_data: bool, overrides: tuple[str, ...] = ()) -> Suite:
-    if not path.is_file():
-        raise ConfigError("suite file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"malformed TOML: {err}") from None
-    except UnicodeDecodeError:
-        raise ConfigError("malformed TOML: not UTF-8 text") from None
-    except OSError as err:
-        raise ConfigError(f"cannot read the suite file ({err.strerror or err})") from None
+    raw = _read_toml(path)
     for override in overrides:
         apply_override(raw, override)
     # A top-level table named after a registered analysis is that analysis's config.
@@ -346,7 +318,35 @@ def _load(path: Path, check_data: bool, overrides: tuple[str, ...] = ()) -> Suit
             raise ConfigError("must be a table", field=name)
         analyses[name] = validate_config(cls.Config, table, prefix=name)
     spec = validate_config(SuiteFile, raw)
+    datasets = _datasets(spec, check_data)
+    for ipc in spec.budget.by_ipc:
+        if ipc not in spec.grid.ipcs:
+            raise ConfigError(f"override for IPC {ipc}, which grid.ipcs does not list", field=f"budget.by_ipc.{ipc}")
+    method_configs = {}
+    used_defaults: set[str] = set()  # the [method_defaults] fields some method has
+    for label, table in spec.methods.items():
+        method_configs.update(_method_configs(spec, label, table, used_defaults))
+    for key in spec.method_defaults:
+        if key not in used_defaults:
+            raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
+    return Suite(path, spec, datasets, method_configs, analyses, overrides)
 
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("suite file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"malformed TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("malformed TOML: not UTF-8 text") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read the suite file ({err.strerror or err})") from None
+
+
+def _datasets(spec: SuiteFile, check_data: bool) -> dict[str, DataConfig]:
+    """Every grid dataset's config (its ``[data.NAME]`` options), its files checked with ``check_data``."""
     datasets = {}
     for name in spec.grid.datasets:
         options = dict(spec.data.get(name, {}))
@@ -363,60 +363,58 @@ def _load(path: Path, check_data: bool, overrides: tuple[str, ...] = ()) -> Suit
             except DDBenchError as err:
                 # check_dataset names the DataConfig field ("name", "root"); say where it is in the suite.
                 raise err.at(dataset_error_field(name, err)) from None
-    for ipc in spec.budget.by_ipc:
-        if ipc not in spec.grid.ipcs:
-            raise ConfigError(f"override for IPC {ipc}, which grid.ipcs does not list", field=f"budget.by_ipc.{ipc}")
+    return datasets
 
-    method_configs = {}
-    used_defaults: set[str] = set()
-    for label, table in spec.methods.items():
-        if not _is_slug(label):
-            # The label is a folder name of the output: no '/', no '..'.
-            raise ConfigError("a method label must be letters, digits, '-', '_' or '.'", field=f"methods.{label}")
-        name = table.get("method", label)
-        if not isinstance(name, str):
-            raise ConfigError(f"must be a registered method name, got {name!r}", field=f"methods.{label}.method")
+
+def _method_configs(spec: SuiteFile, label: str, table: dict[str, Any],
+                    used_defaults: set[str]) -> dict[tuple[str, int], BaseModel]:
+    """``[methods.LABEL]``'s validated config for every IPC of the grid (``[method_defaults]``, the
+    table, its ``by_ipc`` override, merged in that order); the defaults it used added to ``used_defaults``."""
+    if not _is_slug(label):
+        # The label is a folder name of the output: no '/', no '..'.
+        raise ConfigError("a method label must be letters, digits, '-', '_' or '.'", field=f"methods.{label}")
+    name = table.get("method", label)
+    if not isinstance(name, str):
+        raise ConfigError(f"must be a registered method name, got {name!r}", field=f"methods.{label}.method")
+    try:
+        fields = method_class(name).Config.model_fields
+    except DDBenchError as err:
+        raise err.at(f"methods.{label}" + (".method" if "method" in table else "")) from None
+    defaults = {k: v for k, v in spec.method_defaults.items() if k in fields}
+    used_defaults |= set(defaults)
+    own = {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS}
+    wrapped = _wrapped_defaults(method_class(name), spec.method_defaults, own)
+    if wrapped:  # a wrapper (Boost-DD): the defaults reach the method it wraps
+        config_field, wrapped_defaults = wrapped
+        used_defaults |= set(wrapped_defaults)
+        own[config_field] = merge(wrapped_defaults, own.get(config_field, {}))
+    base = merge(defaults, own)
+    by_ipc = table.get("by_ipc", {})
+    if not isinstance(by_ipc, dict):
+        raise ConfigError("must be a table of per-IPC overrides", field=f"methods.{label}.by_ipc")
+    for key, override in by_ipc.items():
+        if not str(key).isdigit() or int(key) not in spec.grid.ipcs:
+            raise ConfigError(f"override for IPC {key!r}, which grid.ipcs does not list",
+                              field=f"methods.{label}.by_ipc.{key}")
+        if not isinstance(override, dict):
+            raise ConfigError("must be a table of config values", field=f"methods.{label}.by_ipc.{key}")
+    configs = {}
+    for ipc in spec.grid.ipcs:
+        override = next((v for k, v in by_ipc.items() if int(k) == ipc), {})
         try:
-            fields = method_class(name).Config.model_fields
+            configs[(label, ipc)] = validate_method_config(name, merge(base, override))
         except DDBenchError as err:
-            raise err.at(f"methods.{label}" + (".method" if "method" in table else "")) from None
-        defaults = {k: v for k, v in spec.method_defaults.items() if k in fields}
-        used_defaults |= set(defaults)
-        own = {k: v for k, v in table.items() if k not in RESERVED_METHOD_KEYS}
-        wrapped = _wrapped_defaults(method_class(name), spec.method_defaults, own)
-        if wrapped:  # a wrapper (Boost-DD): the defaults reach the method it wraps
-            config_field, wrapped_defaults = wrapped
-            used_defaults |= set(wrapped_defaults)
-            own[config_field] = merge(wrapped_defaults, own.get(config_field, {}))
-        base = merge(defaults, own)
-        by_ipc = table.get("by_ipc", {})
-        if not isinstance(by_ipc, dict):
-            raise ConfigError("must be a table of per-IPC overrides", field=f"methods.{label}.by_ipc")
-        for key, override in by_ipc.items():
-            if not str(key).isdigit() or int(key) not in spec.grid.ipcs:
-                raise ConfigError(f"override for IPC {key!r}, which grid.ipcs does not list",
-                                  field=f"methods.{label}.by_ipc.{key}")
-            if not isinstance(override, dict):
-                raise ConfigError("must be a table of config values", field=f"methods.{label}.by_ipc.{key}")
-        for ipc in spec.grid.ipcs:
-            override = next((v for k, v in by_ipc.items() if int(k) == ipc), {})
-            try:
-                method_configs[(label, ipc)] = validate_method_config(name, merge(base, override))
-            except DDBenchError as err:
-                # Name the table the bad value came from: the IPC override, the method's own
-                # table, or [method_defaults].
-                head = (err.field or "").split(".")[0]
-                if (head and head in override) or (not head and override):
-                    where = f"methods.{label}.by_ipc.{ipc}"
-                elif head and head not in own and head in defaults:
-                    where = "method_defaults"
-                else:
-                    where = f"methods.{label}"
-                raise err.within(where) from None
-    for key in spec.method_defaults:
-        if key not in used_defaults:
-            raise ConfigError("no method of this suite has this field", field=f"method_defaults.{key}")
-    return Suite(path, spec, datasets, method_configs, analyses, overrides)
+            # Name the table the bad value came from: the IPC override, the method's own
+            # table, or [method_defaults].
+            head = (err.field or "").split(".")[0]
+            if (head and head in override) or (not head and override):
+                where = f"methods.{label}.by_ipc.{ipc}"
+            elif head and head not in own and head in defaults:
+                where = "method_defaults"
+            else:
+                where = f"methods.{label}"
+            raise err.within(where) from None
+    return configs
 
 
 def _digest(obj: Any) -> str:
