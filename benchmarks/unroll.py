@@ -27,7 +27,7 @@ meta-gradient with the baseline's on a short unroll in float64 (same init, same 
 Peak memory on CUDA is the caching allocator's reserved peak (it counts the private memory
 pools of captured graphs; the allocated peak is in the JSON too). On CPU, where there is no
 allocator counter, it is the exact peak of live tensor bytes created by one outer step
-(``harness.tensor_memory``), measured in a separate, untimed call.
+(``harness.engine.tensor_memory``), measured in a separate, untimed call.
 
 Shapes are named (``benchmarks/bench_shapes.py``): ``cifar10`` (the default: the RaT-BPTT
 paper's IPC 10 setting), ``tiny`` (CI), ``mnist-w64`` (the CPU speed check of issue 17:

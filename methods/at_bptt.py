@@ -65,7 +65,7 @@ middle stage throughout; with ``adaptive_window = false`` too, RaT-BPTT's draw (
 exact H_t v replaced by a rank-k randomized eigen-approximation (``LowRankCurvature``; the
 optimizer's Jacobians and the mixed term stay exact). Off because the recompute mode already
 keeps memory flat in the window (the paper's 63% saving is against ``higher``'s full graph) and
-the exact H_t v comes out of the double backward the mixed term needs anyway (README).
+the exact H_t v comes out of the double backward the mixed term needs anyway (docs/engine.md).
 **Patch-wise semantic preservation** (``patch_semantic``, off by default, 64x64 and above):
 lambda x the prototype distance of ``harness.method.prototypes``, added to the outer loss.
 

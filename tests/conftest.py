@@ -120,7 +120,7 @@ def write_suite(tmp_path) -> Callable[..., Path]:
 
 @pytest.fixture
 def cli(capsys) -> Callable[..., tuple[int, str, str]]:
-    """``cli("run", path, ...)``: harness.cli.main's exit code, stdout and stderr."""
+    """``cli("run", path, ...)``: harness.run.cli.main's exit code, stdout and stderr."""
     from harness.run.cli import main
 
     def run(*argv: Any) -> tuple[int, str, str]:

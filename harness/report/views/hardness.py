@@ -46,7 +46,7 @@ def hardness_table(records: list[RunRecord], fmt: str = "github") -> str:
     """Test accuracy (%) per hardness bucket: one table per dataset (and bucketing), rows = method x IPC.
 
     Per-model accuracies of every seed of a row (one config of a method,
-    :mod:`harness.report.compare`) are pooled, as in ``harness.tables``; a row of a setting that
+    :mod:`harness.report.compare`) are pooled, as in ``harness.report.tables``; a row of a setting that
     another of its dataset and IPC does not share names it beside its IPC. Records without a
     computed hardness section are skipped; ``csv`` gives one tidy row per bucket. ``""`` when no
     record has a section (in every format).

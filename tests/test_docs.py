@@ -1,7 +1,13 @@
-"""The README's worked examples run as written, each from the file its heading line names: the
+"""The docs' worked examples run as written, each from the file its heading line names: the
 method saved in a checkout's methods/, the dataset, analysis and view in a plug-in package found
-through the README's entry points (a dist-info on a sys.path entry of its own, as pip leaves an
-installed package), each through a real suite run or table."""
+through docs/extending.md's entry points (a dist-info on a sys.path entry of its own, as pip
+leaves an installed package), each through a real suite run or table; the engine example of
+docs/engine.md runs as a script. The CPU result tables of docs/results.md and the README say what
+the committed records say.
+
+Examples are marked ``<!-- example-NAME -->`` before their code block (and the line naming their
+file, where they have one); tests/test_doc_commands.py checks that every Python block of the docs
+is one of :data:`EXECUTED_EXAMPLES`."""
 
 from __future__ import annotations
 
@@ -34,20 +40,37 @@ except ModuleNotFoundError:  # Python 3.10
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+EXTENDING = DOCS / "extending.md"
+RESULTS = DOCS / "results.md"
+# Every <!-- example-NAME --> Python block of the docs, and the test that runs it.
+EXECUTED_EXAMPLES = {
+    "method": "test_docs_method_registers_validates_and_runs",
+    "dataset": "test_docs_dataset_plugin_runs_in_a_suite",
+    "analysis": "test_docs_analysis_plugin_runs_in_a_suite",
+    "view": "test_docs_view_plugin_renders_the_per_class_sections",
+    "engine": "test_docs_engine_example_runs",
+}
 
 
-def example(name: str) -> tuple[str, str]:
-    """The README's example ``name``: the path its heading line names, and its source."""
-    match = re.search(rf"<!-- example-{name} -->\n[^\n`]*`([^`]+)`[^\n]*\n+```python\n(.*?)```", README.read_text(),
-                      re.S)
-    assert match, f"README.md lost its <!-- example-{name} --> code block, or the line naming its file"
-    return match.group(1), match.group(2)
+def doc_pages() -> list[Path]:
+    """The README and every page of docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def readme_entry_points() -> dict[str, dict[str, str]]:
-    """The README's ``[project.entry-points.GROUP]`` tables: group -> {name: "module"}."""
-    match = re.search(r"<!-- example-entry-points -->\n```toml\n(.*?)```", README.read_text(), re.S)
-    assert match, "README.md lost its <!-- example-entry-points --> block"
+def example(name: str) -> tuple[str | None, str]:
+    """The docs' example ``name``: the path its heading line names (None if it names none), and
+    its source. Exactly one page holds it."""
+    pattern = re.compile(rf"<!-- example-{name} -->\n(?:[^\n`]*`([^`]+)`[^\n]*\n+)?```python\n(.*?)```", re.S)
+    found = [m for page in doc_pages() for m in pattern.finditer(page.read_text())]
+    assert len(found) == 1, f"the docs hold {len(found)} <!-- example-{name} --> Python blocks, not one"
+    return found[0].group(1), found[0].group(2)
+
+
+def entry_points() -> dict[str, dict[str, str]]:
+    """docs/extending.md's ``[project.entry-points.GROUP]`` tables: group -> {name: "module"}."""
+    match = re.search(r"<!-- example-entry-points -->\n```toml\n(.*?)```", EXTENDING.read_text(), re.S)
+    assert match, "docs/extending.md lost its <!-- example-entry-points --> block"
     return tomllib.loads(match.group(1))["project"]["entry-points"]
 
 
@@ -58,8 +81,8 @@ def _module_of(path: str) -> str:
 # ----------------------------------------------------------------------------- a method, in methods/
 
 
-def test_readme_method_saved_in_a_checkouts_methods_folder_is_listed(tmp_path):
-    """A clone of ddbench (its harness/ and methods/) with the example saved where the README says:
+def test_docs_method_saved_in_a_checkouts_methods_folder_is_listed(tmp_path):
+    """A clone of ddbench (its harness/ and methods/) with the example saved where the docs say:
     ``ddbench list`` run there shows it, with no list or test edited."""
     path, source = example("method")
     assert path.startswith("methods/") and path.endswith(".py"), path
@@ -89,7 +112,7 @@ def curriculum_method(tmp_path, monkeypatch):
     (tmp_path / path).write_text(source)
     module = f"{builtin.__name__}.{Path(path).stem}"
     with METHODS.scoped():
-        # A user who saved the example in this checkout has it registered already: the README's
+        # A user who saved the example in this checkout has it registered already: the docs'
         # file replaces it for this test (and it is put back afterwards).
         METHODS.unregister("curriculum_bptt")
         monkeypatch.delitem(sys.modules, module, raising=False)
@@ -100,7 +123,7 @@ def curriculum_method(tmp_path, monkeypatch):
     sys.modules.pop(module, None)
 
 
-def test_readme_method_registers_validates_and_runs(curriculum_method):
+def test_docs_method_registers_validates_and_runs(curriculum_method):
     assert curriculum_method.__module__ == "harness.method.builtin.curriculum_bptt"
     with pytest.raises(ConfigError, match="window"):
         create_method("curriculum_bptt", unroll=10, window=20)
@@ -124,11 +147,11 @@ PLUGIN_EXAMPLES = {"dataset": "ddbench.datasets", "analysis": "ddbench.analyses"
 
 @pytest.fixture
 def plugin_package(tmp_path, monkeypatch):
-    """The README's dataset, analysis and view written where their files say (my_package/...) and
-    installed as pip would leave them: a dist-info whose entry_points.txt is the README's
+    """The docs' dataset, analysis and view written where their files say (my_package/...) and
+    installed as pip would leave them: a dist-info whose entry_points.txt is docs/extending.md's
     pyproject table, on a sys.path entry of its own. The registries look at their groups again."""
     site = tmp_path / "site"
-    groups = readme_entry_points()
+    groups = entry_points()
     for name, group in PLUGIN_EXAMPLES.items():
         path, source = example(name)
         assert _module_of(path) in groups[group].values(), (name, path, groups)  # the file its entry point names
@@ -165,7 +188,7 @@ def _write_npz(root: Path) -> None:
     np.savez(root / "test.npz", x=x[1400:], y=bunch.target[1400:])
 
 
-def test_readme_dataset_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
+def test_docs_dataset_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
     root = tmp_path / "npz"
     suite = tiny_suite(grid={"datasets": ["npz"], "ipcs": [1], "seeds": [0]}, data={"npz": {"root": str(root)}})
     # The root does not exist yet: the suite is refused before anything runs, naming the field.
@@ -181,7 +204,7 @@ def test_readme_dataset_plugin_runs_in_a_suite(plugin_package, write_suite, cli,
     assert all(0 <= r.eval.accuracy_mean <= 1 for r in records)
 
 
-def test_readme_analysis_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
+def test_docs_analysis_plugin_runs_in_a_suite(plugin_package, write_suite, cli, tmp_path):
     assert ANALYSES.get("per_class").__module__ == "my_package.per_class"
     code, _, err = cli("run", write_suite(tiny_suite(per_class={"enabled": True})), "--out", tmp_path / "out", "-q")
     assert code == 0, err
@@ -198,7 +221,7 @@ def test_readme_analysis_plugin_runs_in_a_suite(plugin_package, write_suite, cli
     assert code == 2 and "per_class.enabled" in err
 
 
-def test_readme_view_plugin_renders_the_per_class_sections(plugin_package, cli, tmp_path):
+def test_docs_view_plugin_renders_the_per_class_sections(plugin_package, cli, tmp_path):
     """``ddbench table DIR --view per_class`` offers the plug-in's view: per class, each method's
     accuracy pooled over its seeds."""
     out = tmp_path / "out"
@@ -215,10 +238,29 @@ def test_readme_view_plugin_renders_the_per_class_sections(plugin_package, cli, 
                     ["tbptt", "digits", "1", "90.0", "80.0", "70.0"]]
 
 
-def _results_section() -> str:
-    text = README.read_text()
-    start = text.index("## Results on CPU")
-    return text[start:text.index("\n## ", start + 1)]
+# ----------------------------------------------------------------------------- the engine, as a script
+
+
+def test_docs_engine_example_runs():
+    """docs/engine.md's meta-gradient in float64, both modes: its own asserts check that they agree."""
+    path, source = example("engine")
+    assert path is None
+    namespace: dict = {"__name__": "docs_engine_example"}
+    exec(compile(source, "docs/engine.md:example-engine", "exec"), namespace)
+    full, recompute = namespace["full"], namespace["recompute"]
+    assert full.images.dtype == torch.float64 and recompute.images is not None
+    assert torch.isfinite(full.images).all()
+
+
+# ----------------------------------------------------------------------------- results on CPU
+
+
+def _section(text: str, heading: str) -> str:
+    """From ``heading`` to the next heading of the same level (or the end)."""
+    start = text.index(heading)
+    level = heading.split(" ")[0]
+    end = text.find(f"\n{level} ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _cells(section: str, heading: str) -> list[list[str]]:
@@ -228,23 +270,27 @@ def _cells(section: str, heading: str) -> list[list[str]]:
     return [[c.strip() for c in row.strip("|").split("|")] for row in table[2:]]
 
 
-def test_the_results_section_says_what_the_committed_records_say():
-    """The README's CPU result tables are copies of rendered tables: every accuracy, step count and
-    score in them is what the records in results/ give today (a rerun that changes a number fails
-    here until the README is updated)."""
-    from harness.report.tables import group, summarize
+@pytest.fixture(scope="module")
+def cpu_cells():
+    from harness.report.tables import group
 
-    root = README.parent / "results"
+    root = REPO / "results"
     records = [r for folder in ("cpu-mnist", "cpu-cifar10-jpeg") for _, r in iter_records(root / folder)]
     cells = group(records)
     assert cells, "no committed CPU-suite records"
+    return cells
+
+
+def _check_accuracy_tables(section: str, cells) -> int:
+    """Every accuracy and step count of the cifar10-jpeg and MNIST tables in ``section`` against the
+    records; the number of cells checked."""
+    from harness.report.tables import summarize
 
     def acc(method: str, dataset: str, ipc: int) -> tuple[str, int]:
         rs = cells[(method, dataset, ipc)]
         s = summarize(rs)
         return f"{100 * s['accuracy_mean']:.2f} ± {100 * s['accuracy_std']:.2f}", rs[0].distill.outer_steps
 
-    section = _results_section()
     checked = 0
     for row in _cells(section, "**cifar10-jpeg, IPC 10**"):
         text, steps = acc(row[0], "cifar10-jpeg", 10)
@@ -257,11 +303,24 @@ def test_the_results_section_says_what_the_committed_records_say():
             assert cell.strip("*").startswith(text), (row, ipc)
             assert not steps or f"({steps} steps)" in cell, (row, ipc)
             checked += 1
+    return checked
+
+
+def test_the_results_page_says_what_the_committed_records_say(cpu_cells):
+    """docs/results.md's CPU tables are copies of rendered tables: every accuracy, step count and
+    score in them is what the records in results/ give today (a rerun that changes a number fails
+    here until the page is updated)."""
+    section = _section(RESULTS.read_text(), "## Results on CPU")
+    checked = _check_accuracy_tables(section, cpu_cells)
     for row in _cells(section, "DD-Ranking scores"):
         dataset, ipc = row[0].split(", ")
-        rs = cells[(row[1], dataset, int(ipc))]
-        scores = rs[0].scores
+        scores = cpu_cells[(row[1], dataset, int(ipc))][0].scores
         shown = [f"{100 * v:.2f}" for v in (scores.lrs, scores.ars, scores.hlr, scores.ior)]
         assert row[2:6] == shown, row
         checked += 1
     assert checked == 3 + 8 + 11
+
+
+def test_the_readmes_results_at_a_glance_say_what_the_committed_records_say(cpu_cells):
+    """The README's copy of the accuracy tables, checked the same way."""
+    assert _check_accuracy_tables(_section(README.read_text(), "## Results at a glance"), cpu_cells) == 3 + 8
