@@ -21,10 +21,10 @@ One outer step:
    gradient or a Neumann series (``solver``, ``solver_iterations`` Hessian-vector products, the
    ``neumann_step``), and the mixed term by one more vector-Jacobian product, to the images and,
    with ``learn_labels``, to the soft labels;
-5. the outer update of the unrolled methods (``harness.method.unrolled``): the images'
-   hypergradient clipped to ``clip_factor`` x an EMA of its norms (``clip_ema = None``: no
-   clipping), Adam on the images (and the labels at ``outer_lr / label_lr_scale``), labels
-   clipped at >= 0.
+5. the outer update of the unrolled methods, their chain of transforms
+   (``harness.method.outer_update``): the images' hypergradient clipped to ``clip_factor`` x an
+   EMA of its norms (``clip_ema = None``: no clipping), torch's Adam step on the images (and the
+   labels at ``outer_lr / label_lr_scale``), labels kept >= 0.
 
 All randomness of step t comes from ``step_seed(seed, t)`` and ``step_seed(seed, t, NET_INIT)``:
 a run resumed from ``state_dict`` (images, labels, Adam, the clipping EMA) is bit-identical.
@@ -71,6 +71,8 @@ from harness import ConfigError, DistilledSet, DistillTask, Method, Stream, regi
 from harness.engine import (FunctionalModel, InnerOptimizerConfig, Params, inner_loss, make_inner_optimizer,
                             outer_loss_and_grad)
 from harness.engine.implicit import ImplicitGradient, Minimized, implicit_gradient, minimize
+from harness.method.outer_update import (Transform, adam, adam_state_from_torch, apply_updates, chain,
+                                         clip_to_ema_norm, ema_state, keep_non_negative)
 from harness.models import create_model, reinitialize
 from harness.models.networks import embed
 
@@ -200,11 +202,8 @@ class Implicit(Method):
         if cfg.learn_labels:  # soft labels, one-hot at first
             labels = nn.functional.one_hot(labels, task.num_classes).to(task.dtype)
         self.labels = labels.to(task.device).requires_grad_(cfg.learn_labels)
-        groups = [{"params": [self.images], "lr": cfg.outer_lr}]
-        if cfg.learn_labels:
-            groups.append({"params": [self.labels], "lr": cfg.outer_lr / cfg.label_lr_scale})
-        self.outer_opt = torch.optim.Adam(groups, betas=cfg.outer_betas, eps=cfg.outer_eps)
-        self.grad_norm_ema: float | None = None
+        self.outer_update = self._outer_chain()
+        self.outer_state = self.outer_update.init(self.outer_params())
         self.optimizer = make_inner_optimizer(cfg.inner)
         self.network = task.new_model().train()
         self.network.requires_grad_(False)  # theta lives in tensors of its own; the module is never trained
@@ -261,27 +260,31 @@ class Implicit(Method):
         idx = torch.randperm(n, generator=gen)[: min(self.config.real_batch, n)].to(data.train_x.device)
         return data.train_x[idx], data.train_y[idx]
 
-    def apply(self, hyper: Hypergradient) -> float:
-        """The unrolled methods' outer update: the images' hypergradient clipped against the EMA of
-        its norms (the current norm enters first), Adam, labels clipped at >= 0. Returns the norm."""
+    def outer_params(self) -> dict[str, torch.Tensor]:
+        """The tensors the outer update changes, by name (images, and the labels when learned)."""
+        return {"images": self.images, "labels": self.labels} if self.config.learn_labels else {"images": self.images}
+
+    def _outer_chain(self) -> Transform:
+        """The unrolled methods' chain (:class:`harness.method.UnrolledMethod`): the images'
+        hypergradient clipped against the EMA of its norms (the current norm enters first),
+        torch's Adam step, labels kept >= 0."""
         cfg = self.config
-        grad = hyper.images
-        norm = float(grad.norm())
-        if cfg.clip_ema is not None:
-            self.grad_norm_ema = norm if self.grad_norm_ema is None else (
-                cfg.clip_ema * self.grad_norm_ema + (1 - cfg.clip_ema) * norm)
-            max_norm = cfg.clip_factor * self.grad_norm_ema
-            if norm > max_norm:
-                grad = grad * (max_norm / (norm + 1e-6))  # the same 1e-6 as torch's clip_grad_norm_
-        self.images.grad = grad
+        stages = [] if cfg.clip_ema is None else [("clip", clip_to_ema_norm(cfg.clip_ema, cfg.clip_factor))]
+        stages.append(("adam", adam({"images": cfg.outer_lr, "labels": cfg.outer_lr / cfg.label_lr_scale},
+                                    cfg.outer_betas, cfg.outer_eps)))
         if cfg.learn_labels:
-            self.labels.grad = hyper.labels
-        self.outer_opt.step()
-        self.outer_opt.zero_grad(set_to_none=True)
-        if cfg.learn_labels:
-            with torch.no_grad():
-                self.labels.clamp_(min=0)
-        return norm
+            stages.append(("labels", keep_non_negative("labels")))
+        return chain(*stages)
+
+    def apply(self, hyper: Hypergradient) -> float:
+        """The outer update (the chain of transforms) from ``hyper``; returns the images' hypergradient norm."""
+        grads = {"images": hyper.images}
+        if self.config.learn_labels:
+            grads["labels"] = hyper.labels
+        params = self.outer_params()
+        updates, self.outer_state = self.outer_update.update(grads, self.outer_state, params)
+        apply_updates(params, updates)
+        return float(hyper.images.norm())
 
     # ------------------------------------------------------------------ results and checkpoints
 
@@ -299,16 +302,23 @@ class Implicit(Method):
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot (copies, on the CPU): the run goes on updating its own tensors in place."""
-        state = {"images": self.images, "labels": self.labels, "outer_opt": self.outer_opt.state_dict(),
-                 "grad_norm_ema": self.grad_norm_ema}
+        state = {"images": self.images, "labels": self.labels, "outer_update": self.outer_state}
         return torch.utils._pytree.tree_map_only(torch.Tensor, lambda t: t.detach().to("cpu", copy=True), state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
             self.images.copy_(state["images"])
             self.labels.copy_(state["labels"])
-        self.outer_opt.load_state_dict(state["outer_opt"])
-        self.grad_norm_ema = state["grad_norm_ema"]
+        fresh = self.outer_update.init(self.outer_params())
+        if "outer_update" in state:
+            saved = state["outer_update"]
+        else:  # a checkpoint written before the chain: torch.optim.Adam's state dict and the EMA
+            saved = {**fresh, "adam": adam_state_from_torch(state["outer_opt"], list(self.outer_params()),
+                                                            fresh["adam"])}
+            if "clip" in fresh:
+                saved["clip"] = ema_state(state["grad_norm_ema"])
+        # Each saved tensor where (and as what) a fresh state keeps it: the structures must match.
+        self.outer_state = torch.utils._pytree.tree_map(lambda new, kept: kept.to(new.device, new.dtype), fresh, saved)
 
     def summary(self) -> dict[str, Any]:
         """The inner problem's size (parameters, and features for the last layer) and how far the

@@ -1,7 +1,9 @@
 """implicit (the hypergradient by the implicit function theorem): the engine's solvers against a
 dense solve, the mixed term against finite differences, the method's hypergradient against BPTT
 unrolled to convergence on the strongly convex last-layer problem (agreement improving with K and
-with the CG/Neumann iterations), resume, config errors, and a digits run. Float64 except the run.
+with the CG/Neumann iterations), that BPTT reference against the engine's meta-gradient, the outer
+update (the unrolled methods' chain) against the hand-written one it replaced, resume, config
+errors, and a digits run. Float64 except the run.
 
 implicit is not an unrolled method, so tests/test_methods.py's engine checks (recompute mode
 equals full mode) do not apply to it; its ``tiny_config`` is run here instead.
@@ -13,10 +15,13 @@ import io
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from harness.core.errors import ConfigError
 from harness.data import DataConfig, load_dataset
+from harness.engine import (FunctionalModel, InnerOptimizerConfig, InnerSchedule, RealBatchLoss, Synthetic,
+                            UnrollOptions, make_inner_optimizer, meta_gradient)
 from harness.engine.implicit import (conjugate_gradient, hessian_vector_product, implicit_gradient, minimize,
                                      mixed_vector_product, neumann_series)
 from harness.method import DistillTask
@@ -77,6 +82,40 @@ def bptt_last_layer(method, data, steps: int, init=None):
 @pytest.fixture(scope="module")
 def reference(digits64):
     return bptt_last_layer(convex(make_task(digits64)), digits64, K_REF)
+
+
+class HeadOnFeatures(nn.Module):
+    """The step's network as a function of its last layer alone, ``head(embed(net, x))``: the
+    feature extractor is held, not registered, so its parameters are constants to the engine."""
+
+    def __init__(self, net: nn.Module, head: nn.Module):
+        super().__init__()
+        self.head = head
+        object.__setattr__(self, "net", net)
+
+    def forward(self, x):
+        return self.head(embed(self.net, x))
+
+
+@pytest.mark.parametrize("mode", ["full", "recompute"])
+def test_the_bptt_reference_equals_the_engine_s_meta_gradient(mode, digits64):
+    """The hand-written BPTT above (the reference every agreement test uses) against the engine
+    (``harness.engine.meta_gradient``) on the same problem: 30 steps of full-batch gradient descent
+    on the last layer with the L2 term as SGD's weight decay, the mean cross entropy on every
+    training image as the outer objective; images and soft labels agree to 1e-10."""
+    method = convex(make_task(digits64))
+    steps = 30
+    want = bptt_last_layer(method, digits64, steps)  # draws the step's network, leaves it in method.network
+    model = FunctionalModel(HeadOnFeatures(method.network, last_layer(method.network)))
+    assert model.names == ("head.weight", "head.bias")
+    n = method.images.shape[0]
+    schedule = InnerSchedule(torch.arange(n).repeat(steps, 1))
+    optimizer = make_inner_optimizer(InnerOptimizerConfig(name="sgd", lr=LR, momentum=0.0, weight_decay=L2))
+    got = meta_gradient(model, model.parameters(), optimizer, Synthetic(method.images, method.labels, LR), schedule,
+                        steps, RealBatchLoss(digits64.train_x, digits64.train_y), UnrollOptions(mode=mode))
+    assert relative_error(got.images, got.labels, want) < 1e-10
+    shorter = bptt_last_layer(method, digits64, steps - 5)
+    assert relative_error(got.images, got.labels, shorter) > 1e-4  # the check tells unrolls apart
 
 
 # ----------------------------------------------------------------------------- the solvers alone
@@ -323,21 +362,73 @@ def test_resume_is_bit_identical(digits64):
         tail = [resumed.step(s) for s in range(2, 4)]
         assert head + tail == whole_metrics
         assert torch.equal(resumed.images, whole.images) and torch.equal(resumed.labels, whole.labels)
-        # without Adam's moments the resumed run differs: what the check above guards
+        for lost in ("adam", "clip"):  # without Adam's moments, or without the EMA, the resumed run differs
+            buffer.seek(0)
+            saved = torch.load(buffer, weights_only=True)
+            amnesic = create_method("implicit", **cfg)
+            amnesic.setup(task)
+            fresh = amnesic.outer_update.init(amnesic.outer_params())
+            amnesic.load_state_dict({**saved, "outer_update": {**saved["outer_update"], lost: fresh[lost]}})
+            for s in range(2, 4):
+                amnesic.step(s)
+            assert not torch.equal(amnesic.images, whole.images), lost
+
+
+def apply_by_hand(method, hyper, opt: torch.optim.Adam, ema: list) -> None:
+    """The outer update as implicit wrote it before the chain of transforms: the clip against the
+    EMA of the norms by hand, ``torch.optim.Adam`` with a group per tensor, labels clamped at 0."""
+    cfg = method.config
+    grad, norm = hyper.images, float(hyper.images.norm())
+    if cfg.clip_ema is not None:
+        ema[0] = norm if ema[0] is None else cfg.clip_ema * ema[0] + (1 - cfg.clip_ema) * norm
+        if norm > cfg.clip_factor * ema[0]:
+            grad = grad * (cfg.clip_factor * ema[0] / (norm + 1e-6))
+    method.images.grad = grad
+    if cfg.learn_labels:
+        method.labels.grad = hyper.labels
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if cfg.learn_labels:
+        with torch.no_grad():
+            method.labels.clamp_(min=0)
+
+
+@pytest.mark.parametrize("inner_problem", ["last_layer", "network"])
+def test_the_outer_update_is_torch_s_adam_after_the_clip_bit_for_bit(inner_problem, digits64):
+    """4 steps through the chain (clip, adam, labels) equal 4 steps of the hand-written update it
+    replaced, bit for bit (float32 and float64); a checkpoint in that update's format (Adam's state
+    dict and the EMA) loads and continues bit for bit."""
+    for dtype in (torch.float64, torch.float32):
+        data = digits64.to("cpu", dtype)
+        cfg = dict(inner_problem=inner_problem, learn_labels=True, real_batch=64, inner_steps=5,
+                   solver_iterations=3, clip_factor=1.0, label_lr_scale=2.0)
+        task = make_task(data, dtype=dtype)
+        chained = create_method("implicit", **cfg)
+        chained.setup(task)
+        by_hand = create_method("implicit", **cfg)
+        by_hand.setup(task)
+        c = by_hand.config
+        opt = torch.optim.Adam([{"params": [by_hand.images], "lr": c.outer_lr},
+                                {"params": [by_hand.labels], "lr": c.outer_lr / c.label_lr_scale}],
+                               betas=c.outer_betas, eps=c.outer_eps)
+        ema = [None]
+        for step in range(4):
+            chained.step(step)
+            apply_by_hand(by_hand, by_hand.hypergradient(step), opt, ema)
+            assert torch.equal(chained.images, by_hand.images) and torch.equal(chained.labels, by_hand.labels), step
+            if step == 1:
+                old_format = {"images": by_hand.images.detach().clone(), "labels": by_hand.labels.detach().clone(),
+                              "outer_opt": opt.state_dict(), "grad_norm_ema": ema[0]}
+                buffer = io.BytesIO()
+                torch.save(old_format, buffer)
         buffer.seek(0)
-        amnesic = create_method("implicit", **cfg)
-        amnesic.setup(task)
-        amnesic.load_state_dict({**torch.load(buffer, weights_only=True), "outer_opt": amnesic.outer_opt.state_dict()})
-        for s in range(2, 4):
-            amnesic.step(s)
-        assert not torch.equal(amnesic.images, whole.images)
-        buffer.seek(0)
-        unclipped = create_method("implicit", **cfg)
-        unclipped.setup(task)
-        unclipped.load_state_dict({**torch.load(buffer, weights_only=True), "grad_norm_ema": None})
-        for s in range(2, 4):
-            unclipped.step(s)
-        assert not torch.equal(unclipped.images, whole.images)
+        resumed = create_method("implicit", **cfg)
+        resumed.setup(task)
+        resumed.load_state_dict(torch.load(buffer, weights_only=True))
+        assert float(resumed.outer_state["clip"]["ema"]) == old_format["grad_norm_ema"]
+        for step in (2, 3):
+            resumed.step(step)
+        assert torch.equal(resumed.images, by_hand.images) and torch.equal(resumed.labels, by_hand.labels)
 
 
 def test_fixed_network_init_is_the_same_network_at_every_step(digits64):

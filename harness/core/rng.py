@@ -35,6 +35,7 @@ class Stream(IntEnum):
     TRAJECTORY = 47  # trajectory k >= 1 of outer step t (engine.trajectories): like STEP (k = 0 is STEP)
     TRAJECTORY_INIT = 53  # trajectory k >= 1 of outer step t: its network init (k = 0 is NET_INIT)
     POOL_INIT = 59  # FRePo: the initial network of pool member i (position i)
+    EXPERT = 61  # MTT: expert trajectory i's training (its init, batches, augmentation; position i)
 
 
 def seed_from(*words: int) -> int:
