@@ -38,14 +38,15 @@ the real batch and the online sample from ``step_seed(seed, t)`` and a reset's i
 in the checkpoint, so a resumed run is bit-identical.
 
 Fields are named apart from the unrolled methods' ``[method_defaults]`` (``real_batch``,
-``outer_lr``, ``learn_labels``, ``init``), which mean other things there (see ``methods/dm.py``).
+``outer_lr``, ``learn_labels``, ``init``), which mean other things there (see ``methods/dm.py``):
+hence ``weight_init`` for the networks' initializer.
 
 Deviations from the official code:
 
 * **Network**: the suite's ``[model]`` with its norm replaced by ``norm`` (batch norm, as the
   README's commands; None keeps the suite's), batch norm's running statistics with FRePo's
   ``momentum=0.1`` in flax's convention, which is ``bn_momentum = 0.9`` in torch's, and flax's
-  default init (truncated LeCun normal weights, zero biases; ``init = "torch"`` for PyTorch's).
+  default init (truncated LeCun normal weights, zero biases; ``weight_init = "torch"`` for PyTorch's).
   Their ``Conv`` doubles the width at every block (128, 256, 512), puts the norm *before* the
   convolution of blocks 2.. (none in block 1), and pads a 1-channel input by 3 at any size;
   ddbench's ConvNet keeps the width, runs conv-norm-ReLU-pool in every block, and pads by 3 only
@@ -116,7 +117,7 @@ class FRePoConfig(BaseModel):
     flip: bool | None = None  # use_flip; None: the official script's rule by dataset and IPC
     norm: Literal["batchnorm", "instancenorm", "none"] | None = "batchnorm"  # --normalization=batch
     bn_momentum: float = Field(0.9, gt=0, le=1)  # torch's convention; flax's momentum=0.1
-    init: Literal["lecun_normal", "torch"] = "lecun_normal"  # flax's default init, or PyTorch's
+    weight_init: Literal["lecun_normal", "torch"] = "lecun_normal"  # flax's default init, or PyTorch's
     optimizer: OuterOptimizerConfig = OuterOptimizerConfig()
 
 
@@ -278,7 +279,7 @@ class FRePo(Method):
 
     def _reset(self, member: Member, seed: int, updates: int = 0) -> None:
         """A new init drawn from ``seed``, a new Adam, the count at ``updates``."""
-        if self.config.init == "lecun_normal":
+        if self.config.weight_init == "lecun_normal":
             lecun_normal_init(member.net, seed)
         else:
             reinitialize(member.net, seed)

@@ -56,7 +56,7 @@ def test_defaults_are_the_official_code_s():
     cfg = FRePoConfig()
     assert (cfg.pool_size, cfg.max_online_updates, cfg.online_lr, cfg.online_batch) == (10, 100, 3e-4, 1000)
     assert (cfg.real_batch_size, cfg.reg, cfg.learn_label, cfg.scale_labels) == (1024, 1e-6, True, True)
-    assert (cfg.norm, cfg.bn_momentum, cfg.init, cfg.flip) == ("batchnorm", 0.9, "lecun_normal", None)
+    assert (cfg.norm, cfg.bn_momentum, cfg.weight_init, cfg.flip) == ("batchnorm", 0.9, "lecun_normal", None)
     opt = cfg.optimizer
     assert (opt.name, opt.lr, opt.schedule, opt.final_lr_fraction, opt.b1, opt.b2) == (
         "lamb", 3e-4, "cosine", 0.1, 0.9, 0.999)
