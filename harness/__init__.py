@@ -49,7 +49,8 @@ _EXPORTS = {
     "create_method": "harness.method", "list_methods": "harness.method",
     # evaluation
     "EvalProtocol": "harness.evaluation", "evaluate": "harness.evaluation", "Analysis": "harness.evaluation",
-    "AnalysisContext": "harness.evaluation", "register_analysis": "harness.evaluation",
+    "AnalysisContext": "harness.evaluation", "DistillContext": "harness.evaluation",
+    "register_analysis": "harness.evaluation",
     # report
     "RunRecord": "harness.report", "read_record": "harness.report", "iter_records": "harness.report",
     "register_view": "harness.report", "render_view": "harness.report",

@@ -170,11 +170,21 @@ def test_out_is_a_file(write_suite, cli, tmp_path):
     assert out.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_requested_without_cuda(write_suite, cli, tmp_path):
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_cuda_requested_without_cuda_says_how_to_run_on_the_cpu(command, write_suite, cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, even on a GPU one
     path = write_suite(tiny_suite(hardware={"device": "cuda"}))
-    assert_usage_error(*cli("run", path, "--out", tmp_path / "out", "-q"), str(path), ": hardware.device: ")
+    code, out, err = cli(command, path, "--out", tmp_path / "out", *(["-q"] if command == "run" else []))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{path}: hardware.device: " in err and "run on the CPU with --set hardware.device=cpu" in err
     assert files_under(tmp_path / "out") == []
+    if command == "plan":  # the cells were listed before the device was needed
+        assert "| digits" in out and "estimated total" not in out
+
+
+def test_eval_on_cuda_without_cuda_says_how_to_evaluate_on_the_cpu(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert_usage_error(*cli("eval", tmp_path, "--device", "cuda"), "--device: ", "run on the CPU with --device cpu")
 
 
 def test_a_setup_time_config_error_names_the_methods_field(write_suite, cli, tmp_path, monkeypatch):
@@ -372,7 +382,23 @@ def test_bad_filters_and_overrides_exit_2_naming_the_option(argv, field, write_s
     assert files_under(tmp_path / "out") == []
 
 
-def test_plan_lists_the_cells_and_estimates_without_writing(write_suite, cli, tmp_path):
+def _tables(text: str) -> list[dict[str, list[str]]]:
+    """Every github table of ``text``: method -> its cells."""
+    tables, current = [], None
+    for line in text.splitlines():
+        if line.startswith("| dataset"):
+            current = {}
+            tables.append(current)
+        elif line.startswith("| digits") and current is not None:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            current[cells[2]] = cells
+    return tables
+
+
+def test_plan_lists_the_cells_and_estimates_without_writing(write_suite, cli, tmp_path, monkeypatch):
+    import harness.run.plan as plan
+
+    monkeypatch.setattr(plan, "load_average", lambda: [0.0, 0.0, 0.0])  # an idle machine: no warning
     path = write_suite(tiny_suite(grid={"datasets": ["digits"], "ipcs": [1], "seeds": [0, 1]},
                                   budget={"outer_steps": 50, "checkpoint_minutes": 10.0}))
     out = tmp_path / "out"
@@ -380,11 +406,42 @@ def test_plan_lists_the_cells_and_estimates_without_writing(write_suite, cli, tm
     before = files_under(out)
     code, text, err = cli("plan", path, "--out", out)
     assert code == 0, err
-    rows = {line.split("|")[3].strip(): line for line in text.splitlines() if line.startswith("| digits")}
-    assert set(rows) == {"random_real", "tbptt"}
-    assert "1 new, 1 recorded" in rows["random_real"] and "2 new" in rows["tbptt"]
-    per_step = float(rows["tbptt"].split("|")[6])
-    assert per_step > 0 and "estimated total for the pending cells" in text
+    listing, timed = _tables(text)
+    assert text.index("4 cells in 2 settings, 3 pending") < text.index("timed on cpu")  # listed before timing
+    assert "1 new, 1 recorded" in listing["random_real"] and "2 new" in listing["tbptt"]
+    assert set(timed) == {"random_real", "tbptt"} and timed["random_real"][3] == "1" and timed["tbptt"][3] == "2"
+    per_step = float(timed["tbptt"][5])
+    assert per_step > 0 and timed["random_real"][5] == "-" and "estimated total for the pending cells" in text
+    assert "ddranking" in timed["tbptt"][8] and "warning" not in text + err
+    # Progress without a terminal: a plain line per step on stderr.
+    assert "plan: loading digits" in err and "plan: timing digits IPC 1 tbptt (2/2)" in err
     assert files_under(out) == before  # nothing written
     code, dry, _ = cli("run", path, "--out", out, "--dry-run")
     assert code == 0 and "estimated total" in dry and files_under(out) == before
+
+
+def test_plan_no_timing_lists_and_counts_without_setting_anything_up(write_suite, cli, tmp_path, monkeypatch):
+    import harness.run.plan as plan
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--no-timing set something up")
+
+    for name in ("_time_setting", "load_cell_dataset", "check_cell", "resolve_device"):
+        monkeypatch.setattr(plan, name, refuse)
+    path = write_suite(tiny_suite(grid={"datasets": ["digits"], "ipcs": [1, 2], "seeds": [0, 1, 2]}))
+    code, text, err = cli("plan", path, "--out", tmp_path / "out", "--no-timing")
+    assert code == 0, err
+    (listing,) = _tables(text)
+    assert "12 cells in 4 settings, 12 pending" in text and "estimated" not in text and err == ""
+    assert [cells[3] for cells in listing.values()] == ["3", "3"]  # by method: the last IPC's row of each
+
+
+def test_plan_warns_when_the_machine_is_busy(write_suite, cli, tmp_path, monkeypatch):
+    import harness.run.plan as plan
+
+    monkeypatch.setattr(plan, "load_average", lambda: [2.0 * os.cpu_count() + 1, 1.0, 1.0])
+    path = write_suite(tiny_suite())
+    code, text, err = cli("plan", path, "--out", tmp_path / "out", "--methods", "random_real")
+    assert code == 0, err
+    assert "ddbench: warning: the 1-minute load average is" in err and f"on {os.cpu_count()} CPUs" in err
+    assert "warning: the 1-minute load average" in text  # and beside the estimate it spoils

@@ -96,7 +96,7 @@ def test_budgets_labels_and_devices():
         _rec("random_real", budget=minutes, outer_steps=0, device_name="A"),
         _rec("at_bptt", budget=minutes, device_name="A"),
         _rec("tbptt", budget=minutes, device_name="B"),  # eight minutes of another machine
-        _rec("bptt", budget={"outer_steps": 120}, labels={"kind": "teacher"}),  # a future record field
+        _rec("bptt", budget={"outer_steps": 120}, label_kind="teacher"),  # the set's own label kind
     ])
     assert [label_kind(r) for r in records] == ["hard", "learned", "learned", "hard", "hard", "hard", "teacher"]
     assert setting(records[3])["hardware.device_name"] == "A" and "hardware.device_name" not in setting(records[0])

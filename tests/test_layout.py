@@ -139,6 +139,28 @@ def test_no_module_exceeds_the_line_budget(path):
     assert lines <= MAX_LINES, f"{path.relative_to(REPO)} has {lines} lines: split it by job"
 
 
+MAX_FUNCTION_LINES = 80
+
+
+def long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``name (n lines)`` for every function or method of ``path`` longer than ``limit`` lines."""
+    tree = ast.parse(path.read_text())
+    return [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit]
+
+
+@pytest.mark.parametrize("path", sorted(HARNESS.rglob("*.py")), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_function_exceeds_the_line_budget(path):
+    """A function a newcomer reads whole: split longer ones by step (issue 20)."""
+    assert not long_functions(path), f"{path.relative_to(REPO)}: {', '.join(long_functions(path))}"
+
+
+def test_the_function_budget_check_sees_a_long_function(tmp_path):
+    module = tmp_path / "long.py"
+    module.write_text("def f():\n" + "    x = 1\n" * 90)
+    assert long_functions(module) == ["f (91 lines)"]
+
+
 @pytest.mark.parametrize("package", sorted(LAYERS))
 def test_every_layer_says_what_it_owns_and_may_import(package):
     doc = ast.get_docstring(ast.parse((HARNESS / package / "__init__.py").read_text()))

@@ -77,7 +77,7 @@ def test_no_baseline_failed_rows_and_label_kinds():
     (group,) = comparable_groups(records)
     assert is_baseline(group.rows["herding"]) and group_margins(group.rows).best is None  # no finished baseline
     # A teacher-labelled random subset above every hard-label row is another group: never the hard rows' baseline.
-    teacher = _records({"random_real": (0.95, 0.96, 0.97)}, labels={"kind": "teacher"})
+    teacher = _records({"random_real": (0.95, 0.96, 0.97)}, label_kind="teacher")
     groups = comparable_groups(_records() + teacher)
     hard = next(g for g in groups if g.setting["labels"] == "hard")
     assert group_margins(hard.rows).best == "herding"

@@ -327,15 +327,6 @@ def test_the_ddbench_command_is_not_shadowed_by_the_current_folder(tmp_path):
     assert set(list_methods()) <= listed
 
 
-def _ray_checks_its_workers() -> bool:
-    import harness.run.ray_executor as ray_executor
-
-    return "check_not_shadowed" in vars(ray_executor)
-
-
-@pytest.mark.xfail(not _ray_checks_its_workers(), strict=True, reason=(
-    "needs harness/run/ray_executor.py: RayExecutor.run calls check_not_shadowed('harness', [Path.cwd()], ...) "
-    "before ray.init"))
 def test_the_ray_executor_refuses_a_working_folder_that_would_shadow_harness(tmp_path, monkeypatch):
     """Ray puts the driver's working folder first on its workers' sys.path: a ``harness`` package
     there would be imported by every worker instead of ddbench's. Refused before Ray starts."""

@@ -76,7 +76,8 @@ def _comparable(record) -> dict:
     data = record.model_dump(mode="json")
     for key in ("started_at", "finished_at", "provenance", "hardware"):
         data.pop(key)
-    for key in ("wall_clock_s", "seconds_per_outer_step", "median_seconds_per_outer_step", "peak_memory_bytes"):
+    for key in ("wall_clock_s", "seconds_per_outer_step", "median_seconds_per_outer_step", "peak_memory_bytes",
+                "setup_seconds"):
         data["distill"].pop(key)
     summary = data["distill"]["method_summary"]  # a method's own timings (random_real's selection_seconds)
     data["distill"]["method_summary"] = {k: v for k, v in summary.items() if not k.endswith("_seconds")}

@@ -29,7 +29,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-MEMORY_KINDS = ("cuda_max_allocated_above_start", "cpu_peak_rss")
+MEMORY_KINDS = ("cuda_max_allocated_above_start", "cpu_tensor_peak_sampled", "cpu_peak_rss")
 
 
 def smoke_on_a_tiny_budget() -> dict:
@@ -90,9 +90,11 @@ def test_smoke_suite_end_to_end(write_suite, cli, tmp_path):
 
         distill = record["distill"]
         assert distill["memory_kind"] in MEMORY_KINDS
+        if distill["outer_steps"]:  # the CPU's distillations under ddbench's tensor meter; selections: RSS
+            assert distill["memory_kind"] == "cpu_tensor_peak_sampled"
         assert distill["peak_memory_bytes"] > 0
         assert distill["wall_clock_s"] >= 0 and distill["seconds_per_outer_step"] >= 0
-        if cell.method == "random_real":
+        if cell.method in ("random_real", "herding", "kcenter", "forgetting"):  # selections: no outer step
             assert distill["outer_steps"] == 0
         else:
             assert distill["outer_steps"] > 0
@@ -124,11 +126,16 @@ def test_smoke_suite_end_to_end(write_suite, cli, tmp_path):
     assert [row.split("|")[1].strip() for row in rows][0] == "random_real"
     assert sorted(row.split("|")[1].strip() for row in rows) == sorted(labels)
     header = next(line for line in acc_part.splitlines() if "IPC" in line)
-    assert [h.strip() for h in header.strip("|").split("|")[1:]] == [f"{d} IPC {k}" for d, k in columns]
+    # Hard-label and teacher-labelled sets are different comparable groups: a column each.
+    kinds = {(r["dataset"], r["ipc"]): set() for r in by_cell.values()}
+    for r in by_cell.values():
+        kinds[(r["dataset"], r["ipc"])].add(r["label_kind"])
+    headers = [h.strip() for h in header.strip("|").split("|")[1:]]
+    assert headers == [f"{d} IPC {k} (labels {kind})" for d, k in columns for kind in sorted(kinds[(d, k)])]
     for row in rows:
         method = row.split("|")[1].strip()
         shown = _pm_cells(row, " ± ")
-        assert len(shown) == len(columns)
+        assert len(shown) == len(columns)  # one label kind per method
         for (mean, std), (d, k) in zip(shown, columns):
             accs = by_cell[(method, d, k)]["eval"]["accuracy_per_model"]
             assert mean == pytest.approx(100 * statistics.fmean(accs), abs=0.006)
@@ -227,6 +234,8 @@ def test_interrupted_run_resumes_bit_identically(method, write_suite, cli, tmp_p
     record = read_record(paths["record"])
     assert record["distill"]["outer_steps"] == total
     assert [h["step"] for h in record["distill"]["history"]] == list(range(total))  # no step twice
+    # The peak of both parts, of one kind; the setup of the part that started the cell.
+    assert record["distill"]["memory_kind"] == "cpu_tensor_peak_sampled" and record["distill"]["peak_memory_bytes"] > 0
     reference_record = read_record(cell_paths(tmp_path / "a", cell)["record"])
     assert record["eval"]["accuracy_per_model"] == reference_record["eval"]["accuracy_per_model"]
     assert record["distill"]["history"] == reference_record["distill"]["history"]  # every metric of every step
@@ -351,7 +360,9 @@ def test_interrupted_evaluation_resumes_at_the_evaluation(write_suite, cli, tmp_
     monkeypatch.setattr(runner_module, "evaluate", interrupted)
     assert cli("run", path, "--out", tmp_path / "out", "-q")[0] == 130
     assert files_under(tmp_path / "out") == [paths["checkpoint"]]  # no distilled set without its record
-    assert torch.load(paths["checkpoint"], weights_only=True)["step"] == 2  # all of the budget
+    checkpoint = torch.load(paths["checkpoint"], weights_only=True)
+    assert checkpoint["step"] == 2  # all of the budget
+    assert checkpoint["memory_kind"] == "cpu_tensor_peak_sampled" and checkpoint["peak_memory_bytes"] > 0
 
     cls = method_class("tbptt")
     monkeypatch.setattr(cls, "step", lambda self, step: pytest.fail("the distillation ran again"))
@@ -360,6 +371,10 @@ def test_interrupted_evaluation_resumes_at_the_evaluation(write_suite, cli, tmp_
     record = read_record(paths["record"])
     assert record["distill"]["outer_steps"] == 2 and record["config_id"] == cell.config_id
     assert files_under(tmp_path / "out") == sorted([paths["record"], paths["distilled"]])
+    # A run that took no step measured nothing of the distillation: the checkpoint's peak and kind, and setup.
+    assert (record["distill"]["peak_memory_bytes"], record["distill"]["memory_kind"]) == (
+        checkpoint["peak_memory_bytes"], checkpoint["memory_kind"])
+    assert record["distill"]["setup_seconds"] == checkpoint["setup_s"]
 
 
 def test_bad_analysis_network_is_refused_before_anything_runs(write_suite, cli, tmp_path):
@@ -408,3 +423,65 @@ def test_run_cell_is_a_short_loop_around_the_cell_state():
     assert len(inspect.getsource(cell_module.run_cell).splitlines()) <= 60
     code = inspect.getsource(cell_module).replace(cell_module.__doc__, "")  # the module's code, not its docstring
     assert not any(name in code for name in ("anytime", "hardness", "subsets", "ddranking"))
+
+
+def test_the_peak_memory_of_a_resumed_cell_never_mixes_kinds(write_suite):
+    """CellState.measured: this run's peak with the checkpoint's of the same kind; a run that took
+    no step keeps the checkpoint's; another kind (resumed on another device) replaces it."""
+    from types import SimpleNamespace
+
+    from harness.run.recording import CellState
+
+    def meter(kind, peak):
+        return SimpleNamespace(kind=kind, current_peak=lambda: peak)
+
+    cell = load_suite(write_suite(tiny_suite())).cells()[1]
+    state = CellState(cell, torch.device("cpu"), torch.float32, total=10)
+    state.measured(meter("cpu_peak_rss", 500), start=0)  # no step, nothing before: what the meter saw
+    assert (state.peak, state.memory_kind) == (500, "cpu_peak_rss")
+    state = CellState(cell, torch.device("cpu"), torch.float32, total=10, step=4, peak=300,
+                      memory_kind="cpu_tensor_peak_sampled")
+    state.measured(meter("cpu_peak_rss", 900), start=4)  # resumed at the evaluation: no step
+    assert (state.peak, state.memory_kind) == (300, "cpu_tensor_peak_sampled")
+    state.step = 6
+    state.measured(meter("cpu_tensor_peak_sampled", 200), start=4)
+    assert (state.peak, state.memory_kind) == (300, "cpu_tensor_peak_sampled")  # the larger of the two parts
+    state.measured(meter("cuda_max_allocated_above_start", 100), start=4)
+    assert (state.peak, state.memory_kind) == (100, "cuda_max_allocated_above_start")
+
+
+def test_a_methods_setup_is_timed_and_shows_its_progress(write_suite, tmp_path, monkeypatch):
+    """A selection method's work is its setup (random_real's teacher, herding's full-data networks):
+    its seconds are recorded apart from the distillation's (none) and its ``report`` reaches the
+    cell's progress as a phase."""
+    import time
+
+    from harness.data import load_dataset
+    from harness.run.cell import cell_task, run_cell
+    from harness.run.progress import CellProgress
+
+    cls = method_class("random_real")
+    original = cls.setup
+
+    def slow_setup(self, task):
+        time.sleep(0.3)
+        self.report("training the full-data networks", 2, 2)
+        return original(self, task)
+
+    monkeypatch.setattr(cls, "setup", slow_setup)
+
+    class Phases(CellProgress):
+        def __init__(self):
+            super().__init__()
+            self.phases = []
+
+        def phase(self, text):
+            self.phases.append(text)
+
+    (cell,) = load_suite(write_suite(tiny_suite())).cells(["random_real"])
+    progress = Phases()
+    record = run_cell(cell, cell_task(cell, load_dataset(cell.dataset), torch.device("cpu"), torch.float32),
+                      tmp_path / "out", progress)
+    assert record.distill.setup_seconds >= 0.3 and record.distill.wall_clock_s == 0.0
+    assert "setting up" in progress.phases
+    assert any(p.startswith("training the full-data networks 2/2") for p in progress.phases)

@@ -245,8 +245,9 @@ def test_record_text_is_escaped_in_html_markdown_and_latex(tmp_path):
     assert all("a<b" not in page.read_text() for page in pages)
     assert sum("_a&lt;b&amp;c_d$" in page.read_text() for page in pages) == 2  # the index and the run's page
     md = (site / "leaderboard.md").read_text()
-    # Markdown: HTML and emphasis escaped; an intraword underscore (c_d) is never emphasis, so it stays.
-    assert "\\_a&lt;b&amp;c_d$" in md and "a<b" not in md and " _a" not in md
+    # Markdown: HTML, emphasis and math ($, which GitHub renders as TeX) escaped; an intraword
+    # underscore (c_d) is never emphasis, so it stays.
+    assert "\\_a&lt;b&amp;c_d\\$" in md and "a<b" not in md and " _a" not in md
     assert exports.md_text("x|*y*") == "x\\|\\*y\\*"
     tex = (site / "leaderboard.tex").read_text()
     assert r"\_a\textless{}b\&c\_d\$" in tex and "a<b" not in tex and "c_d" not in tex

@@ -37,9 +37,14 @@ def git_state(root: Path = PACKAGE_ROOT) -> dict[str, Any] | None:
                                 timeout=10, check=True).stdout.strip()
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout
+        # An untracked file where code lives (a new method not yet committed) changes what runs too.
+        untracked = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all", "--",
+                                    "harness", "methods"], capture_output=True, text=True, timeout=10,
+                                   check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit, "dirty": bool(status.strip())}
+    new_code = [line for line in untracked.splitlines() if line.startswith("??") and line.endswith(".py")]
+    return {"commit": commit, "dirty": bool(status.strip()) or bool(new_code)}
 
 
 def load_average() -> list[float] | None:

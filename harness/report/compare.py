@@ -52,17 +52,17 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def label_kind(record: RunRecord) -> str:
-    """``hard``, or the kind of soft labels the set was evaluated with.
+    """``hard``, or the kind of soft labels the set was evaluated with (``teacher``, ``learned``).
 
-    Read, in order, from the record's ``labels`` field (a string, or a dict with ``kind``: how a
-    selection method with ``labels = "teacher"`` will say it, issue 19), the method config's
-    ``labels``, and ``learn_labels`` (also in a wrapper's ``base_config``): ``learned``.
+    The record's ``label_kind`` (the runner writes it from the set itself); in records without
+    it, the method config's ``labels`` (a selection method's ``teacher``) and ``learn_labels``
+    (also in a wrapper's ``base_config``): ``learned``.
     """
+    if record.label_kind is not None:
+        return record.label_kind
     base = record.method_config.get("base_config")
     base = base if isinstance(base, dict) else {}
-    for source in (getattr(record, "labels", None), record.method_config.get("labels"), base.get("labels")):
-        if isinstance(source, dict):
-            source = source.get("kind")
+    for source in (record.method_config.get("labels"), base.get("labels")):
         if isinstance(source, str) and source:
             return source
     if record.method_config.get("learn_labels") or base.get("learn_labels"):

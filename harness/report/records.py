@@ -4,10 +4,17 @@ Records are written with the one atomic writer (``harness.core.io``): a crash le
 file or the new one, never half of one. Reading validates the whole record against
 :mod:`.schema`; a file that is not a record of this kind is skipped, a damaged record is a
 :class:`CheckpointError` naming the file and the dotted field.
+
+Records travel (a leaderboard is built from records other people send): the files a record
+names (``distilled_file``, ``error_file``) are names in the record's own folder, and
+:func:`record_file` refuses one that leaves it (an absolute path, ``..``, a link pointing out);
+:func:`checked_distilled_file` also compares the distilled set with the SHA-256 its record
+gives (``distilled_sha256``, computed when the set was saved).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +30,49 @@ from harness.report.schema import EVAL_KIND, RECORD_KIND, SCHEMA_VERSION, EvalRe
 def record_stem(suite: str, dataset: str, ipc: int, method: str, seed: int, run_id: str) -> str:
     """Where a cell's files live, relative to the output folder (without the extension)."""
     return f"{suite}/{dataset}/ipc{ipc}/{method}/seed{seed}-{run_id}"
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path``, lowercase hex (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def record_file(path: Path, record: RunRecord, field: str) -> Path | None:
+    """The file that ``record`` (read from ``path``) names in ``field``, in the record's folder;
+    None when it names none. A name that leaves the folder (an absolute path, a separator, ``..``,
+    or a link to a file elsewhere) is a :class:`CheckpointError` naming the record and the field:
+    a record someone sent never makes ddbench read, copy or publish a file outside its folder."""
+    name = getattr(record, field)
+    if not name:
+        return None
+    folder = Path(path).parent
+    if name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise CheckpointError(f"names {name!r}: not a file name in the record's folder", file=str(path), field=field)
+    target = folder / name
+    if target.resolve().parent != folder.resolve():  # a link in the folder that points out of it
+        raise CheckpointError(f"names {name!r}, a link to a file outside the record's folder", file=str(path),
+                              field=field)
+    return target
+
+
+def checked_distilled_file(path: Path, record: RunRecord) -> Path | None:
+    """The record's distilled set (:func:`record_file`), its SHA-256 checked against the record's
+    ``distilled_sha256`` when the file is there and the record gives one (records before ddbench
+    computed it give none); a mismatch is a :class:`CheckpointError` naming the record, as is
+    any file name of the record that leaves its folder."""
+    record_file(path, record, "error_file")  # never read here, but such a record is not to be trusted
+    distilled = record_file(path, record, "distilled_file")
+    if distilled is not None and record.distilled_sha256 is not None and distilled.is_file():
+        actual = file_sha256(distilled)
+        if actual != record.distilled_sha256:
+            raise CheckpointError(f"its distilled set {distilled.name} has SHA-256 {actual[:12]}..., not the "
+                                  f"{record.distilled_sha256[:12]}... the record gives: the file was changed or "
+                                  "belongs to another run", file=str(path), field="distilled_sha256")
+    return distilled
 
 
 def write_record(path: Path, record: RunRecord | EvalRecord) -> None:

@@ -12,7 +12,7 @@ schema are kept as they are (``extra="allow"``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,6 +20,7 @@ SCHEMA_VERSION = 2
 RECORD_KIND = "ddbench.run"  # a record's "kind"; other JSON files (benchmarks) carry their own
 
 Accuracy = Field(ge=0.0, le=1.0)
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # a file's SHA-256, lowercase hex
 
 
 class _Readable(BaseModel):
@@ -65,10 +66,17 @@ class DistillSection(_Section):
     seconds_per_outer_step: float = Field(ge=0)
     median_seconds_per_outer_step: float | None = None
     peak_memory_bytes: int = Field(ge=0)
-    memory_kind: str  # cuda_max_allocated_above_start (cuda_max_allocated in early records) | cpu_peak_rss
+    # How the peak was measured (harness.engine.memory): cuda_max_allocated_above_start
+    # (cuda_max_allocated in early records) | cpu_tensor_peak_sampled (ddbench's tensor meter on
+    # sampled outer steps) | cpu_peak_rss (the process's resident set: a method that takes no
+    # outer step, and records before the tensor meter)
+    memory_kind: str
     resident_data_bytes: int | None = None  # the cell's dataset on its device, not in the CUDA peak
     history: list[dict[str, Any]] = []
     method_summary: dict[str, Any] = {}
+    # The method's setup (not distillation time): where a selection method (random_real, herding,
+    # kcenter, forgetting) does all its work; a resumed cell keeps its first setup's. None: early records.
+    setup_seconds: float | None = Field(None, ge=0)
     diverged_at: int | None = None  # the outer step whose result was not finite (status "diverged")
     divergence: str | None = None  # what was not finite
 
@@ -207,14 +215,18 @@ class RunRecord(_Readable):
     subset_curve: SubsetCurveSection | None = None
     scores: ScoresSection | None = None
     anytime: AnytimeSection | None = None
-    distilled_file: str | None = None
+    # How its labels were made: the class (hard), a teacher network's soft labels (teacher: a
+    # selection method's labels = "teacher"), or learned with the images. None: early records.
+    label_kind: Literal["hard", "teacher", "learned"] | None = None
+    distilled_file: str | None = None  # the distilled set's file name, in the record's folder
+    distilled_sha256: Sha256 | None = None  # of that file as saved (ddbench publish and eval check it)
     hardware: HardwareSection
     provenance: Provenance | None = None
     started_at: str
     finished_at: str
     status: Literal["ok", "diverged", "failed"]
     error: str | None = None  # status "failed": the one-line reason (the traceback is in error_file)
-    error_file: str | None = None
+    error_file: str | None = None  # the traceback's file name, in the record's folder
 
     @property
     def registry_name(self) -> str:
@@ -248,6 +260,7 @@ class EvalRecord(_Readable):
     eval_id: str  # hash of (of_run, protocol, model, validation)
     of_run: str  # the run_id of the distillation record
     record_file: str  # that record's file name, beside this one
+    distilled_sha256: Sha256 | None = None  # of the distilled set evaluated (the run record's)
     suite: str
     dataset: str
     ipc: int = Field(ge=1)

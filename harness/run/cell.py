@@ -40,6 +40,7 @@ from harness.evaluation import EvalResult, evaluate
 from harness.evaluation.analysis import AnalysisContext, DistillContext
 from harness.method import DistilledSet, DistillTask, method_class
 from harness.report import RunRecord, read_record, record_stem, write_record
+from harness.report.records import file_sha256
 from harness.run.interrupt import StopRequested, stop_on_signals
 from harness.run.progress import INNER_AFTER_S, CellProgress, budget_warning, human_seconds, say
 from harness.run.recording import CellState
@@ -158,32 +159,33 @@ def run_cell(cell: Cell, task: DistillTask, out_dir: Path, progress: CellProgres
     returns its record. ``task.data`` is on ``task.device`` in ``task.dtype``."""
     paths, desc = cell_paths(out_dir, cell), cell_desc(cell)
     method = cell_method(cell)
-    method.setup(task)
-    state = CellState.resume(cell, task, method, paths["checkpoint"])
-    start, limit_s = state.step, cell.budget.minutes * 60 if cell.budget.minutes else None
-    if start:
-        say(f"resuming {desc} from outer step {start}")
-    progress.begin(desc, state.total, start, limit_s)
     try:
+        state = CellState.resume(cell, task, method, paths["checkpoint"], _set_up(method, task, progress, desc))
+        start, limit_s = state.step, cell.budget.minutes * 60 if cell.budget.minutes else None
+        if start:
+            say(f"resuming {desc} from outer step {start}")
+        progress.begin(desc, state.total, start, limit_s)
         with PeakMemory(task.device) as meter, stop_on_signals(), _checkpointed_on_stop(state, meter, paths, start,
                                                                                          desc):
             apart, saved_at = partial(_apart, progress, meter), time.perf_counter()
             while method.distils and state.goes_on(limit_s):
-                t0 = time.perf_counter()
-                metrics = method.step(state.step)
-                if task.device.type == "cuda":
-                    torch.cuda.synchronize(task.device)
-                if not state.stepped(metrics, time.perf_counter() - t0, method.divergence(metrics)):
+                with meter.step():  # on a CPU, sampled steps run under ddbench's tensor meter
+                    t0 = time.perf_counter()
+                    metrics = method.step(state.step)
+                    if task.device.type == "cuda":
+                        torch.cuda.synchronize(task.device)
+                    seconds = time.perf_counter() - t0
+                if not state.stepped(metrics, seconds, method.divergence(metrics)):
                     break  # diverged
                 progress.step(state.step - 1, state.elapsed, metrics)
                 state.during(DistillContext(task, method, state.step, state.elapsed, apart=apart))
                 state.commit(method)
                 _watch(state, method, progress, desc, start, limit_s)
                 if time.perf_counter() - saved_at > cell.checkpoint_minutes * 60:
-                    state.peak = max(state.peak, meter.current_peak())
+                    state.measured(meter, start)
                     state.save(paths["checkpoint"])
                     saved_at = time.perf_counter()
-        state.peak, state.memory_kind = max(state.peak, meter.peak_bytes), meter.kind
+        state.measured(meter, start)
         if state.diverged is not None:  # final: the same run diverges again; no accuracy is recorded
             return _record_divergence(state, task, method, paths, desc)
         if method.distils:  # the analyses' look at the end of the distillation (the meter has stopped)
@@ -196,13 +198,26 @@ def run_cell(cell: Cell, task: DistillTask, out_dir: Path, progress: CellProgres
     finally:
         progress.end()
     record = state.record("ok", data=task.data, method=method, result=result, sections=sections,
-                          distilled_file=paths["distilled"].name)
+                          distilled=distilled, distilled_file=paths["distilled"].name)
     # The distilled set just before its record: a failure before this point leaves neither.
     distilled.save(paths["distilled"])
+    record.distilled_sha256 = file_sha256(paths["distilled"])  # what publish and eval check the file against
     write_record(paths["record"], record)
     paths["checkpoint"].unlink(missing_ok=True)
     paths["error"].unlink(missing_ok=True)  # a failure of an earlier attempt, now superseded
     return record
+
+
+def _set_up(method, task: DistillTask, progress: CellProgress, desc: str) -> float:
+    """``method.setup(task)``, its seconds (a selection method's whole work: part of the cost); a
+    method with a ``report`` attribute (a selection's full-data training) shows its progress."""
+    if hasattr(method, "report"):
+        method.report = progress.work
+    progress.begin(desc, 0, 0, None)  # begun again once the steps are known (after the setup)
+    progress.phase("setting up")
+    t0 = time.perf_counter()
+    method.setup(task)
+    return time.perf_counter() - t0
 
 
 def _watch(state: CellState, method, progress: CellProgress, desc: str, start: int, limit_s: float | None) -> None:
@@ -258,7 +273,7 @@ def _checkpointed_on_stop(state: CellState, meter: PeakMemory, paths: dict[str, 
     try:
         yield
     except (StopRequested, KeyboardInterrupt) as stop:
-        state.peak = max(state.peak, meter.current_peak())
+        state.measured(meter, start)
         if state.good["step"] > start:
             state.save(paths["checkpoint"])
         name = stop.name if isinstance(stop, StopRequested) else "interrupted"

@@ -5,10 +5,13 @@ May import every layer below :mod:`harness.run`; nothing imports it.
 
 Bad input (unknown method or dataset, an invalid config value, a missing dataset root, a
 malformed suite, a corrupt record or checkpoint) prints one line naming the file and the
-field and exits with status 2, before anything is written. A cell that diverges or fails is
-recorded as such, the other cells run, and the exit status is 1. SIGINT (Ctrl-C) and SIGTERM
-checkpoint the running cell's last completed step and exit with 130 / 143 and one line; a
-result that cannot be written (a full disk) exits with 74 and one line. Running the same
+field and exits with status 2, before anything is written (``eval`` checks every record's
+distilled set first: a file name leaving the record's folder, or a set whose SHA-256 is not the
+record's, is such a line). A cell that diverges or fails is recorded as such, the other cells
+run, and the exit status is 1; so is a record ``publish`` refuses (the same checks: one line
+naming it, the rest of the site built, the record noted on the index). SIGINT (Ctrl-C) and
+SIGTERM checkpoint the running cell's last completed step and exit with 130 / 143 and one line;
+a result that cannot be written (a full disk) exits with 74 and one line. Running the same
 command again resumes.
 """
 
@@ -127,16 +130,21 @@ def _cmd_publish(args: argparse.Namespace) -> int:
 
     with showing_progress(not args.quiet):
         done = publish([Path(d) for d in args.dirs], Path(args.out), configs=_configs(args), latest=args.latest)
-    print(f"site: {args.out}/index.html ({done['records']} records, {done['boards']} leaderboards, "
-          f"{done['runs']} run pages, {done['bytes'] / 1024:.0f} KB)")
-    return 0
+    for line in done["refused"]:
+        print(f"ddbench: refused: {line}", file=sys.stderr)
+    evaluations = f", {done['evaluations']} re-evaluations" if done["evaluations"] else ""
+    refused = f", {len(done['refused'])} refused" if done["refused"] else ""
+    print(f"site: {args.out}/index.html ({done['records']} records in {done['boards']} comparable groups{evaluations}"
+          f"{refused}, {done['runs']} run pages, {done['bytes'] / 1024:.0f} KB)")
+    return 1 if done["refused"] else 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from harness.run.plan import plan_suite
 
     suite, selection = _selection(args)
-    print(plan_suite(suite, Path(args.out), time_steps=args.time_steps, **selection))
+    plan_suite(suite, Path(args.out), time_steps=args.time_steps, timing=not getattr(args, "no_timing", False),
+               show=lambda text: print(text, flush=True), **selection)
     return 0
 
 
@@ -240,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="list a suite's cells, time an outer step of each setting, estimate the total")
     selection(p)
+    p.add_argument("--no-timing", action="store_true", help="only list and count the cells (nothing set up or timed)")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("table", help="render comparison tables from run records: one column or board per "

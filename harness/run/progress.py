@@ -31,6 +31,7 @@ class CellProgress:
     work_clock: "WorkClock | None" = None  # the long part of an analysis now reported by `work`
 
     def begin(self, desc: str, total: int, initial: int, limit_s: float | None) -> None:
+        """The cell starts (again: first for its setup, with no steps known, then for its steps)."""
         self.desc, self.total, self.limit_s = desc, total, limit_s
 
     def step(self, step: int, elapsed: float, metrics: dict[str, float]) -> None:
@@ -85,6 +86,7 @@ class BarProgress(CellProgress):
 
     def begin(self, desc, total, initial, limit_s):
         super().begin(desc, total, initial, limit_s)
+        self.end()  # the setup's bar
         self.step_count = initial
         by_time = limit_s is not None  # a minutes budget: the bar counts its seconds (steps in the postfix)
         self.bar = tqdm(total=int(limit_s) if by_time else total, initial=0 if by_time else initial, desc=desc,
@@ -115,6 +117,7 @@ class BarProgress(CellProgress):
     def end(self):
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 def budget_warning(desc: str, device: str, step_times: list[float], done: int, total: int,

@@ -29,6 +29,7 @@ import torch
 
 from harness.core.errors import ConfigError, DDBenchError, StorageError
 from harness.core.process import torch_threads
+from harness.core.registry import check_not_shadowed
 from harness.data import load_dataset
 from harness.run.cell import CellOutcome, cell_desc, execute_cell, to_device
 from harness.run.livelog import Tee
@@ -135,6 +136,8 @@ class RayExecutor:
         return cls(resources, address, progress)
 
     def run(self, cells, datasets, device, dtype, out_dir, progress) -> list[CellOutcome]:
+        check_not_shadowed("harness", [Path.cwd()],
+                           where="by the Ray workers (they put the driver's working folder first on sys.path)")
         ray = _ray()
         started_here = not ray.is_initialized()
         if started_here:
@@ -222,10 +225,12 @@ class _Display:
                 continue
             by_time = state["total"] == 0 and state["limit_s"]
             bar = self.bars.get(key)
+            total = int(state["limit_s"]) if by_time else state["total"]
             if bar is None:
-                bar = self.bars[key] = tqdm(total=int(state["limit_s"]) if by_time else state["total"],
-                                            desc=state["desc"], leave=False, dynamic_ncols=True,
+                bar = self.bars[key] = tqdm(total=total, desc=state["desc"], leave=False, dynamic_ncols=True,
                                             unit="s" if by_time else "step")
+            elif bar.total != total:  # the cell began again once its setup knew its steps
+                bar.total, bar.unit = total, "s" if by_time else "step"
             bar.n = min(state["elapsed"], state["limit_s"]) if by_time else state["step"]
             done, total, elapsed = state["step"], state["total"], state["elapsed"]
             eta = (elapsed / done * (total - done)) if done and total else (

@@ -8,12 +8,19 @@ state (:meth:`harness.evaluation.Analysis.during`: the anytime curve, say). Afte
 completed step the runner takes a snapshot (:meth:`CellState.commit`): a checkpoint, written
 at the checkpoint interval or when a signal stops the run, is always that snapshot, never half
 a step. :meth:`CellState.record` is the only place a record is assembled.
+
+A record travels (it is committed, published, sent to others): it names no absolute path of
+the machine that wrote it. The data root is the one the suite gave (``dataset_config.root``,
+and ``preprocessing.source_root`` the same, unresolved); a file path an analysis or a method
+put in its section (a cache file) becomes its name relative to the cache dir (:func:`portable`);
+the record's own files are names in its folder.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -24,14 +31,14 @@ from typing import Any, Callable
 import torch
 
 from harness.core.errors import CheckpointError
-from harness.core.io import atomic_torch_save
+from harness.core.io import atomic_torch_save, cache_name
 from harness.core.provenance import BusyMeter, ddbench_version, git_state, hardware_info
-from harness.data import DatasetSplits
-from harness.engine.memory import tensor_bytes
+from harness.data import DATASETS, DatasetSplits
+from harness.engine.memory import PeakMemory, tensor_bytes
 from harness.evaluation import EvalResult
 from harness.evaluation.analysis import ANALYSES, Analysis, AnalysisContext, DistillContext
 from harness.evaluation.protocols import best_on_test
-from harness.method import DistillTask, Method
+from harness.method import DistilledSet, DistillTask, Method
 from harness.report import SCHEMA_VERSION, RunRecord
 from harness.run.suite import Cell
 
@@ -40,6 +47,9 @@ from harness.run.suite import Cell
 CHECKPOINT_FORMAT = 2
 CHECKPOINT_KEYS = ("format", "run_id", "step", "method_state", "elapsed_s", "peak_memory_bytes", "step_times",
                    "history", "history_stride", "started_at", "analyses")
+# Added within format 2 (a checkpoint without them reads as before): the peak's kind (a resumed
+# run never takes the maximum of two kinds) and the method's setup seconds.
+CHECKPOINT_OPTIONAL = {"memory_kind": "none", "setup_s": None}
 
 
 def now_iso() -> str:
@@ -62,6 +72,37 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def portable(obj: Any) -> Any:
+    """``obj`` with every string that is an absolute path replaced by :func:`~harness.core.io.cache_name`
+    (relative to the cache dir, or the file's name alone): what a record keeps of a path an analysis
+    or a method reported (a cache file), never a folder of the machine that wrote it."""
+    if isinstance(obj, str):
+        return cache_name(obj) if os.path.isabs(obj) and "\n" not in obj else obj
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
+
+
+def source_root(cell: Cell, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's preprocessing notes with the data root as the suite gave it (or the dataset's
+    default root), not as this machine resolved it."""
+    if preprocessing.get("source_root") is None:
+        return preprocessing
+    given = cell.dataset.root if cell.dataset.root is not None else DATASETS.get(cell.dataset.name).default_root
+    return {**preprocessing, "source_root": given}
+
+
+def label_kind(distilled: DistilledSet) -> str:
+    """How the set's labels were made: as its method says (``meta["label_kind"]``: a selection
+    method's ``teacher``), else learned when they are soft, else hard."""
+    kind = distilled.meta.get("label_kind")
+    if kind is not None:
+        return kind
+    return "learned" if distilled.labels.is_floating_point() else "hard"
 
 
 class History:
@@ -111,7 +152,8 @@ class CellState:
     step: int = 0  # outer steps done
     elapsed: float = 0.0  # seconds of distillation (the outer steps only)
     peak: int = 0  # peak memory of the distillation, bytes
-    memory_kind: str = "none"  # how the peak was measured (harness.engine.memory)
+    memory_kind: str = "none"  # how the peak was measured (harness.engine.memory; none: not yet)
+    setup_s: float | None = None  # the method's setup, seconds (of the run that started the cell)
     step_times: list[float] = field(default_factory=list)
     history: History | None = None
     started_at: str = field(default_factory=now_iso)
@@ -143,19 +185,21 @@ class CellState:
                 "method_state": method_state, "elapsed_s": self.elapsed, "peak_memory_bytes": self.peak,
                 "step_times": list(self.step_times), "history": list(self.history.entries),
                 "history_stride": self.history.stride, "started_at": self.started_at,
-                "analyses": copy.deepcopy(self.analyses)}
+                "analyses": copy.deepcopy(self.analyses), "memory_kind": self.memory_kind, "setup_s": self.setup_s}
 
     @classmethod
     def from_checkpoint(cls, cell: Cell, task: DistillTask, total: int, ckpt: dict[str, Any]) -> "CellState":
+        ckpt = {**CHECKPOINT_OPTIONAL, **ckpt}
         return cls(cell, task.device, task.dtype, total, step=ckpt["step"], elapsed=ckpt["elapsed_s"],
-                   peak=ckpt["peak_memory_bytes"], step_times=ckpt["step_times"],
-                   history=History(total, ckpt["history"], ckpt["history_stride"]), started_at=ckpt["started_at"],
-                   analyses=ckpt["analyses"])
+                   peak=ckpt["peak_memory_bytes"], memory_kind=ckpt["memory_kind"], setup_s=ckpt["setup_s"],
+                   step_times=ckpt["step_times"], history=History(total, ckpt["history"], ckpt["history_stride"]),
+                   started_at=ckpt["started_at"], analyses=ckpt["analyses"])
 
     @classmethod
-    def resume(cls, cell: Cell, task: DistillTask, method: Method, path: Path) -> "CellState":
-        """The state of ``path``'s checkpoint (its method state loaded into ``method``), or a new one;
-        committed (the state an interruption before the first step keeps)."""
+    def resume(cls, cell: Cell, task: DistillTask, method: Method, path: Path, setup_s: float) -> "CellState":
+        """The state of ``path``'s checkpoint (its method state loaded into ``method``), or a new one
+        whose method's setup took ``setup_s`` seconds; committed (the state an interruption before
+        the first step keeps)."""
         total = method.outer_steps(task)
         if path.exists():
             ckpt = load_checkpoint(path, cell.run_id)
@@ -163,6 +207,8 @@ class CellState:
             state = cls.from_checkpoint(cell, task, total, ckpt)
         else:
             state = cls(cell, task.device, task.dtype, total)
+        if state.setup_s is None:
+            state.setup_s = setup_s
         state.commit(method)
         return state
 
@@ -173,7 +219,18 @@ class CellState:
 
     def save(self, path: Path) -> None:
         """The last commit as the cell's checkpoint (with the peak memory measured so far)."""
-        atomic_torch_save({**self.good, "peak_memory_bytes": self.peak}, path)
+        atomic_torch_save({**self.good, "peak_memory_bytes": self.peak, "memory_kind": self.memory_kind}, path)
+
+    def measured(self, meter: PeakMemory, start: int) -> None:
+        """The distillation's peak memory so far: ``meter``'s (this run's, which began at outer step
+        ``start``) with the checkpoint's of the same kind. A run that took no outer step measured
+        none of the distillation: a resumed one keeps its checkpoint's peak; kinds are never mixed
+        (a run resumed on another device keeps its own)."""
+        if self.step == start and self.memory_kind != "none":
+            return
+        if self.memory_kind != meter.kind and self.memory_kind != "none":
+            self.peak = 0
+        self.peak, self.memory_kind = max(self.peak, meter.current_peak()), meter.kind
 
     # -- the distillation
 
@@ -218,39 +275,40 @@ class CellState:
 
     def record(self, status: str, *, data: DatasetSplits | None = None, method: Method | None = None,
                result: EvalResult | None = None, sections: dict[str, Any] | None = None,
-               distilled_file: str | None = None, **extra: Any) -> RunRecord:
+               distilled: DistilledSet | None = None, distilled_file: str | None = None, **extra: Any) -> RunRecord:
         """The cell's run record, ended with ``status``; without ``result`` (diverged, failed) its
-        accuracies are absent, never a number."""
+        accuracies are absent, never a number. ``distilled``: the set evaluated (its label kind)."""
         cell, steps = self.cell, self.step
         distill = {"outer_steps": steps, "stopped_by": self.stopped_by, "wall_clock_s": self.elapsed,
                    "seconds_per_outer_step": self.elapsed / steps if steps else 0.0,
                    "median_seconds_per_outer_step": statistics.median(self.step_times) if self.step_times else 0.0,
-                   "peak_memory_bytes": int(self.peak), "memory_kind": self.memory_kind,
+                   "peak_memory_bytes": int(self.peak), "memory_kind": self.memory_kind, "setup_seconds": self.setup_s,
                    "resident_data_bytes": None if data is None else tensor_bytes(data.train_x, data.train_y,
                                                                                    data.test_x, data.test_y),
-                   "history": self.history.entries, "method_summary": json_safe({} if method is None
-                                                                                else method.summary())}
+                   "history": self.history.entries,
+                   "method_summary": portable(json_safe({} if method is None else method.summary()))}
         if self.diverged is not None:
             distill.update(diverged_at=self.diverged[0], divergence=self.diverged[1])
         evaluation = {"protocol": cell.eval.model_dump(mode="json"), "accuracy_mean": None, "accuracy_std": None,
                       "accuracy_per_model": []}
         if result is not None:
             evaluation.update(accuracy_mean=result.accuracy_mean, accuracy_std=result.accuracy_std,
-                              accuracy_per_model=result.accuracy_per_model, details=json_safe(result.details))
+                              accuracy_per_model=result.accuracy_per_model, details=portable(json_safe(result.details)))
             if (best := self.test_selected(result)) is not None:
                 evaluation["test_selected"] = best  # "as published: test-selected upper bound", beside accuracy_mean
         wraps = None if method is None or method.wraps is None else getattr(cell.method_config, method.wraps[0])
         return RunRecord.model_validate({
             "schema_version": SCHEMA_VERSION, "run_id": self.run_id, "config_id": cell.config_id,
             "suite": cell.suite, "dataset": cell.dataset.name, "dataset_config": cell.dataset.model_dump(mode="json"),
-            "preprocessing": {} if data is None else data.preprocessing,
+            "preprocessing": {} if data is None else source_root(cell, portable(data.preprocessing)),
             "class_names": [] if data is None else list(data.class_names), "ipc": cell.ipc,
             "method": cell.method_label, "method_name": cell.method,
             "method_config": cell.method_config.model_dump(mode="json"), "wraps": wraps, "seed": cell.seed,
             "model": cell.model.model_dump(mode="json"), "budget": cell.budget.model_dump(mode="json"),
-            "suite_overrides": list(cell.overrides), "eval": evaluation, "distill": distill, **(sections or {}),
-            "distilled_file": distilled_file, **environment(self.device, self.dtype, self.busy), "started_at": self.started_at,
-            "finished_at": now_iso(), "status": status, **extra})
+            "suite_overrides": list(cell.overrides), "eval": evaluation, "distill": distill,
+            **portable(sections or {}), "label_kind": None if distilled is None else label_kind(distilled),
+            "distilled_file": distilled_file, **environment(self.device, self.dtype, self.busy),
+            "started_at": self.started_at, "finished_at": now_iso(), "status": status, **extra})
 
     def test_selected(self, result: EvalResult) -> dict[str, Any] | None:
         """The record's ``eval.test_selected``: the best budget on the test set of the final

@@ -3,6 +3,10 @@ again, under another protocol or on another network, without distilling again (t
 cross-architecture tables). Each evaluation is an evaluation record (``kind: ddbench.eval``)
 beside the run record it evaluates, linked by its run id; ``ddbench table DIR --view evals``
 shows them. An evaluation that exists already is skipped.
+
+Records may come from someone else: before anything is evaluated, every record's distilled set
+is checked (a name in the record's folder, its SHA-256 the record's ``distilled_sha256``); a
+record that fails is one line naming it, exit status 2, nothing written.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from harness.evaluation import PROTOCOLS, evaluate, protocol_config
 from harness.method import DistilledSet
 from harness.models import ModelConfig
 from harness.report import SCHEMA_VERSION, EvalRecord, RunRecord, iter_records, read_record, write_record
+from harness.report.records import checked_distilled_file, file_sha256
 from harness.run.progress import say
 from harness.run.recording import environment, json_safe, now_iso
 from harness.run.runner import resolve_device
@@ -44,12 +49,14 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
                ) -> list[Path]:
     """Evaluate every finished run record at ``target`` (a record or a folder); returns the
     evaluation records written."""
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, field="--device", instead="--device cpu")
     cfg = protocol_config(protocol)
     datasets: dict[str, DatasetSplits] = {}
     written = []
-    for path, record in run_records(Path(target)):
-        if record.status != "ok" or not record.distilled_file:
+    records = run_records(Path(target))
+    sets = {path: _distilled_set(path, record) for path, record in records}  # all checked before any work
+    for path, record in records:
+        if record.status != "ok" or sets[path] is None:
             say(f"{path.name}: skipped ({record.status}, no distilled set)")
             continue
         net = _network(record, model)
@@ -74,14 +81,15 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
             datasets[key] = _dataset(data_cfg, validation)
         data = datasets[key].to(device, getattr(torch, record.hardware.dtype or "float32"))
         try:
-            distilled = DistilledSet.load(path.with_name(record.distilled_file))
+            distilled = DistilledSet.load(sets[path])
         except Exception as err:  # noqa: BLE001 - a missing or damaged file, named
             raise CheckpointError(f"cannot read the distilled set ({type(err).__name__})",
-                                  file=str(path.with_name(record.distilled_file))) from None
+                                  file=str(sets[path])) from None
         busy, started = BusyMeter(), now_iso()
         result = evaluate(distilled, data, cfg, net, seed=record.seed, device=device, dtype=data.train_x.dtype)
         evaluation = EvalRecord.model_validate({
             "schema_version": SCHEMA_VERSION, "eval_id": eval_id, "of_run": record.run_id, "record_file": path.name,
+            "distilled_sha256": record.distilled_sha256 or file_sha256(sets[path]),  # the set evaluated
             "suite": record.suite, "dataset": record.dataset, "ipc": record.ipc, "method": record.method,
             "method_name": record.method_name, "seed": record.seed, "config_id": record.config_id,
             "model": net.model_dump(mode="json"), "validation": validation,
@@ -96,6 +104,17 @@ def reevaluate(target: Path, protocol: dict, model: str | None, validation_size:
             f"{100 * result.accuracy_mean:.2f}% ± {100 * result.accuracy_std:.2f}")
         written.append(out)
     return written
+
+
+def _distilled_set(path: Path, record: RunRecord) -> Path | None:
+    """The file of the record's distilled set, checked (:func:`checked_distilled_file`, and there);
+    None for a record with no set to evaluate."""
+    distilled = checked_distilled_file(path, record)
+    if record.status != "ok" or distilled is None:
+        return None
+    if not distilled.is_file():
+        raise CheckpointError(f"its distilled set {distilled.name} is missing", file=str(path), field="distilled_file")
+    return distilled
 
 
 def _network(record: RunRecord, name: str | None) -> ModelConfig:

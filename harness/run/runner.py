@@ -33,11 +33,16 @@ from harness.run.suite import Cell, Suite, dataset_error_field
 log = logging.getLogger("ddbench")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, field: str = "hardware.device", instead: str = "--set hardware.device=cpu",
+                   ) -> torch.device:
+    """The device ``name`` (``auto``: CUDA when there is one); CUDA asked for on a machine without
+    it is a :class:`ConfigError` naming ``field`` and saying how to run on the CPU (``instead``)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("'cuda' requested but no CUDA device is available", field="hardware.device")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{name!r} requested but no CUDA device is available (torch {torch.__version__}, "
+                          f"built {'with CUDA ' + torch.version.cuda if torch.version.cuda else 'without CUDA'}); "
+                          f"run on the CPU with {instead}", field=field)
     return torch.device(name)
 
 

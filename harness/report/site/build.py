@@ -1,4 +1,9 @@
-"""``ddbench publish RESULTS_DIR... --out SITE_DIR``: the static site, from run records."""
+"""``ddbench publish RESULTS_DIR... --out SITE_DIR``: the static site, from run records.
+
+A leaderboard is built from records other people send: a record whose file names leave its
+folder, or whose distilled set is not the one it was saved with (its ``distilled_sha256``), is
+left out with one line naming it (:func:`harness.report.records.checked_distilled_file`), noted
+on the index page, and the rest of the site is built."""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ import re
 import shutil
 from pathlib import Path
 
-from harness.core.errors import DDBenchError
+from harness.core.errors import CheckpointError, DDBenchError
 from harness.core.progress import progress_bar
 from harness.report.compare import select_records
-from harness.report.records import iter_eval_records, iter_records
+from harness.report.records import checked_distilled_file, iter_eval_records, iter_records
 from harness.report.site import exports, grids, pages, plots
 from harness.report.site.boards import board_ids
 from harness.report.site.rows import leaderboard_rows, ranked_boards
@@ -22,21 +27,61 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
 
 
+def _records(sources: list[Path]) -> tuple[list, list[str], dict[Path, Path | None]]:
+    """``(path, record)`` of every run record under ``sources`` that holds together, a line for each
+    that does not (its file names, its set's SHA-256), and each kept record's distilled set."""
+    found, refused, sets = [], [], {}
+    for source in sources:
+        if not Path(source).is_dir():
+            raise DDBenchError("not a directory of run records", file=str(source))
+        for path, record in iter_records(Path(source)):  # a malformed record: one line naming it
+            try:
+                sets[path] = checked_distilled_file(path, record)
+            except CheckpointError as err:  # a record someone sent that does not hold together
+                refused.append(str(err))
+                continue
+            found.append((path, record))
+    if not found:
+        raise DDBenchError("no run records found" if not refused else
+                           f"every run record was refused, e.g. {refused[0]}", file=", ".join(map(str, sources)))
+    return found, refused, sets
+
+
+def _run_pages(records: list, files_of: dict[str, tuple[Path, Path | None]], evals: dict[str, list],
+               runs_dir: Path) -> tuple[dict[str, str], list]:
+    """A page per run in ``runs_dir`` (its record and distilled set copied beside it, the set's grid,
+    its history); returns each run's page and the grids (dataset, label, image, page)."""
+    run_pages, grid_list = {}, []
+    runs_dir.mkdir()
+    for record in progress_bar(records, desc="publish: runs", unit="run"):
+        stem = _slug(f"{record.suite}-{record.dataset}-ipc{record.ipc}-{record.method}-s{record.seed}-{record.run_id}")
+        source, distilled = files_of[record.run_id]
+        files = {"record": f"{stem}.json"}
+        shutil.copyfile(source, runs_dir / files["record"])
+        grid_caption = None
+        label = f"{record.dataset} IPC {record.ipc}: {record.method} s{record.seed}"
+        if distilled is not None and distilled.is_file():
+            files["distilled"] = f"{stem}.distilled.pt"
+            shutil.copyfile(distilled, runs_dir / files["distilled"])
+            names = record.class_names or None
+            files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid", title=label)
+            grid_list.append((record.dataset, label, f"runs/{files['grid']}", f"runs/{stem}.html"))
+        files["history"] = plots.history(record, runs_dir, f"{stem}-history")
+        (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption, evals.get(record.run_id)))
+        run_pages[record.run_id] = f"runs/{stem}.html"
+    return run_pages, grid_list
+
+
 def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: bool = False) -> dict:
     """Build the site in ``out`` from the records under ``sources`` (those of ``configs`` / the
     latest config per cell: :func:`~harness.report.compare.select_records`) and the evaluation
-    records (``ddbench eval``) of those runs found beside them; returns what it wrote.
+    records (``ddbench eval``) of those runs found beside them; returns what it wrote, with the
+    records it refused (``refused``: one line each, naming the record).
 
     Figures per comparable group: a step-bounded group's cost Pareto front (seconds per outer
     step, peak memory) and anytime curves; a minutes-bounded group's accuracy at equal
     wall-clock (every method had the same minutes) and final accuracy against peak memory."""
-    found = []
-    for source in sources:
-        if not Path(source).is_dir():
-            raise DDBenchError("not a directory of run records", file=str(source))
-        found += list(iter_records(Path(source)))  # a malformed record: one line naming it
-    if not found:
-        raise DDBenchError("no run records found", file=", ".join(map(str, sources)))
+    found, refused, sets = _records(sources)
     paths = {}
     for path, record in found:
         paths.setdefault(record.run_id, path)
@@ -58,27 +103,9 @@ def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: boo
     (out / "assets" / "site.css").write_text(pages.CSS.lstrip())
     (out / "assets" / "site.js").write_text(pages.JS.lstrip())
 
-    run_pages, grid_list = {}, []
-    runs_dir, figures_dir = out / "runs", out / "figures"
-    runs_dir.mkdir()
-    for record in progress_bar(records, desc="publish: runs", unit="run"):
-        stem = _slug(f"{record.suite}-{record.dataset}-ipc{record.ipc}-{record.method}-s{record.seed}-{record.run_id}")
-        source = paths[record.run_id]
-        files = {"record": f"{stem}.json"}
-        shutil.copyfile(source, runs_dir / files["record"])
-        grid_caption = None
-        distilled = source.with_name(record.distilled_file) if record.distilled_file else None
-        label = f"{record.dataset} IPC {record.ipc}: {record.method} s{record.seed}"
-        if distilled is not None and distilled.is_file():
-            files["distilled"] = f"{stem}.distilled.pt"
-            shutil.copyfile(distilled, runs_dir / files["distilled"])
-            names = record.class_names or None
-            files["grid"], grid_caption = grids.image_grid(distilled, names, runs_dir, f"{stem}-grid", title=label)
-            grid_list.append((record.dataset, label, f"runs/{files['grid']}", f"runs/{stem}.html"))
-        files["history"] = plots.history(record, runs_dir, f"{stem}-history")
-        (runs_dir / f"{stem}.html").write_text(pages.run_page(record, files, grid_caption, evals.get(record.run_id)))
-        run_pages[record.run_id] = f"runs/{stem}.html"
-
+    figures_dir = out / "figures"
+    run_pages, grid_list = _run_pages(records, {run_id: (path, sets[path]) for run_id, path in paths.items()}, evals,
+                                      out / "runs")
     boards = ranked_boards(rows)
     board_figures, dataset_figures = {}, {}
     for board, anchor in progress_bar(list(zip(boards, board_ids(boards))), desc="publish: figures", unit="board"):
@@ -104,9 +131,9 @@ def publish(sources: list[Path], out: Path, configs: list[str] = (), latest: boo
         dataset_figures[dataset] = [(f"figures/{src}", caption) for src, caption in figs if src]
     n_evals = sum(len(es) for es in evals.values())
     (out / "index.html").write_text(pages.index_page(boards, board_figures, dataset_figures, grid_list, run_pages,
-                                                     evals, len(records), n_evals, [str(s) for s in sources]))
+                                                     evals, len(records), n_evals, [str(s) for s in sources], refused))
     (out / "leaderboard.md").write_text(exports.markdown(rows))
     (out / "leaderboard.tex").write_text(exports.latex(rows))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"records": len(records), "boards": len(boards), "runs": len(run_pages), "evaluations": n_evals,
-            "bytes": size}
+            "bytes": size, "refused": refused}

@@ -18,7 +18,7 @@ from harness.report.tables import bold, latex_text, tabulate_rows
 HEADERS = ["rank", "method", "accuracy (%)", "vs best coreset", "models x seeds", "published", "s / outer step",
            "peak memory (MiB)", "protocol", "LRS (%)", "commit", "hardware"]
 _MD_SPECIAL = {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "|": "\\|", "#": "\\#",
-               "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+               "<": "&lt;", ">": "&gt;", "&": "&amp;", "$": "\\$"}
 
 
 def md_text(value: str) -> str:
@@ -27,7 +27,7 @@ def md_text(value: str) -> str:
     An underscore between two letters or digits (``random_real``) is left as it is: CommonMark
     never reads an intraword ``_`` as emphasis, and the raw text stays readable; any other is escaped.
     """
-    value = str(value)
+    value = " ".join(str(value).split())  # a newline would end the table row
     out = []
     for i, ch in enumerate(value):
         if ch == "_" and 0 < i < len(value) - 1 and value[i - 1].isalnum() and value[i + 1].isalnum():
@@ -39,7 +39,7 @@ def md_text(value: str) -> str:
 
 def tex_text(value: str) -> str:
     """Record text as LaTeX text (every special character, ``<`` and ``>`` included)."""
-    return latex_text(str(value))
+    return latex_text(" ".join(str(value).split()))  # a newline would break the tabular
 
 
 def board_title(board: Board) -> str:

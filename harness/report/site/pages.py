@@ -139,9 +139,11 @@ def _figure(src: str | None, caption: str, svg: bool = True) -> str:
 
 
 def index_page(boards: list[Board], figures: dict, dataset_figures: dict, grids: list, pages: dict[str, str],
-               evals: dict[str, list], n_records: int, n_evals: int, sources: list[str]) -> str:
+               evals: dict[str, list], n_records: int, n_evals: int, sources: list[str],
+               refused: list[str] = ()) -> str:
     """The summary first (methods x comparable groups), then a board per group with its figures,
-    the figures across IPCs, the distilled sets, and how to read it all."""
+    the figures across IPCs, the distilled sets, and how to read it all; the records left out
+    (``refused``: a line each, naming the record and why) are said under the header."""
     ids = board_ids(boards)
     datasets = sorted({b.dataset for b in boards})
     options = "".join(f"<option value=\"{escape(d)}\">{escape(d)}</option>" for d in datasets)
@@ -154,6 +156,7 @@ def index_page(boards: list[Board], figures: dict, dataset_figures: dict, grids:
         "a diverged or failed run shows as such, never as a number. <a href=\"#how-to-read\">How to read</a> "
         "&middot; <a href=\"leaderboard.md\">Markdown</a> &middot; <a href=\"leaderboard.tex\">LaTeX</a></p>"
         "</header>",
+        _refused(refused),
         "<section id=\"summary\"><h2>Summary</h2>" + summary_table(boards, ids)
         + "<p class=\"note\">Per column (a comparable group): place (=k shared within noise), pooled accuracy (%), "
           "bold the best and tied best; n models x seeds; the margin over the best coreset (&#9650; above, &#8776; "
@@ -186,6 +189,16 @@ def index_page(boards: list[Board], figures: dict, dataset_figures: dict, grids:
                      f"{cells}</section>")
     parts.append(HOWTO.strip())
     return _page("ddbench leaderboard", "\n".join(parts))
+
+
+def _refused(lines: list[str]) -> str:
+    """The records ``ddbench publish`` left out, and why (their file names, their distilled set's SHA-256)."""
+    if not lines:
+        return ""
+    items = "".join(f"<li><code>{escape(line)}</code></li>" for line in lines)
+    return (f"<section id=\"refused\"><p class=\"note dirty\">{len(lines)} run record(s) left out: a file name that "
+            "leaves the record's folder, or a distilled set that is not the one the record was saved with "
+            f"(its SHA-256).</p><ul class=\"note\">{items}</ul></section>")
 
 
 def run_page(record: RunRecord, files: dict[str, str | None], grid_caption: str | None,
