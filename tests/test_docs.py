@@ -270,13 +270,13 @@ def _tables(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cpu_views() -> str:
-    """Every table view of the committed CPU-suite records, rendered as ``ddbench table DIR --view
-    all`` renders them."""
+    """Every table view of the committed CPU records (the CPU suites and the smoke suite), rendered
+    as ``ddbench table DIR --view all`` renders them."""
     from harness.report.tables import render_view
 
     root = REPO / "results"
     rendered = []
-    for folder in ("cpu-mnist", "cpu-cifar10-jpeg"):
+    for folder in ("cpu-mnist", "cpu-cifar10-jpeg", "smoke-cpu"):
         records = [r for _, r in iter_records(root / folder)]
         assert records, f"no committed records in results/{folder}"
         rendered.append(render_view(records, "all"))
@@ -288,7 +288,7 @@ def test_the_results_page_says_what_the_committed_records_say(cpu_views):
     VIEW``): every one of them, verbatim, is what the records in results/ give today (a rerun
     that changes a number fails here until the page is updated)."""
     tables = _tables(_section(RESULTS.read_text(), "## Results on CPU"))
-    assert len(tables) >= 6  # accuracy, cost, margins, scores: per suite
+    assert len(tables) >= 8  # accuracy, cost and margins per CPU suite; the smoke suite's scores
     rendered = _tables(cpu_views)
     for table in tables:
         assert table in rendered, f"docs/results.md: a table the records do not give:\n{table[:400]}"

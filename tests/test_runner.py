@@ -413,6 +413,26 @@ def test_a_learned_lr_is_used_only_with_the_optimizer_it_was_learned_for(inner, 
             check_learned_lr(optimizer_without_lr(InnerOptimizerConfig(**inner)), InnerOptimizerConfig(**evaluation))
 
 
+@pytest.mark.parametrize("anytime_uses_it", [True, False])
+def test_an_analysis_protocol_that_cannot_use_the_learned_lr_is_refused_up_front(anytime_uses_it, write_suite, cli,
+                                                                                 tmp_path):
+    """The anytime curve trains with its own protocol: a learned SGD lr it would use under Adam is
+    refused before any cell runs (once, a cell failed at its first anytime point), naming the field."""
+    data = tiny_suite(methods={"tbptt": {"unroll": 3, "window": 2, "learn_lr": True, "inner": {"name": "sgd", "lr": 0.01}}},
+                      eval={"models": 1, "steps": 3, "augment": {"ops": []}, "use_learned_lr": False},
+                      anytime={"enabled": True, "every_steps": 1,
+                               "protocol": {"protocol": "standard", "models": 1, "steps": 2,
+                                            "use_learned_lr": anytime_uses_it}})
+    code, _, err = cli("run", write_suite(data), "--out", tmp_path / "out", "-q")
+    if anytime_uses_it:
+        assert code == 2 and ": anytime.protocol.use_learned_lr: " in err and "methods.tbptt" in err
+        assert len(err.strip().splitlines()) == 1 and files_under(tmp_path / "out") == []
+    else:
+        assert code == 0, err
+        (record,) = [read_record(p) for p in (tmp_path / "out").rglob("*.json")]
+        assert record["status"] == "ok" and len(record["anytime"]["curve"]) >= 2
+
+
 def test_run_cell_is_a_short_loop_around_the_cell_state():
     """Issue 20's budget: the cell's loop reads in one screen (its state, checkpoint and record live
     in harness.run.recording.CellState; the analyses are reached through their hooks, none by name)."""

@@ -226,3 +226,14 @@ def test_a_diverged_run_shows_as_diverged_never_as_a_number():
     assert rows["rat_bptt"] == ["diverged (1 of 2 seeds)"] and rows["bptt"][0].startswith("60.00")
     csv_rows = {r["method"]: r for r in csv.DictReader(io.StringIO(render(records, "csv")))}
     assert csv_rows["rat_bptt"]["status"] == "diverged (1 of 2 seeds)" and csv_rows["rat_bptt"]["accuracy_mean"] == ""
+
+
+def test_a_failed_cell_is_failed_in_the_cost_table_too():
+    """A run that failed before its first outer step is "failed" there, never "no distillation"."""
+    failed = make_record("mtt", "digits", 1, run_id="mtt-failed", status="failed", outer_steps=0, accs=(0.1,))
+    failed["eval"].update(accuracy_mean=None, accuracy_std=None, accuracy_per_model=[])
+    records = _records() + typed([failed])
+    text = render(records, "github")
+    accuracy, cost = (_table_rows(part) for part in text.split("Distillation cost"))
+    assert accuracy["mtt"][0] == "failed" and cost["mtt"][0] == "failed"
+    assert cost["random_real"][0] == "no distillation"

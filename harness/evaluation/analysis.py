@@ -7,6 +7,7 @@ An analysis is declared in one place, its class::
         Config = HardnessConfig             # the suite table's schema (and its defaults)
         section = "hardness"                # the record field it fills
         def networks(self, cfg, model): ... # networks to build before the first cell runs
+        def protocols(self, cfg): ...       # optional: protocols besides [eval], checked up front too
         def during(self, cfg, state, ctx): ...  # optional: a measurement during the distillation
         def run(self, cfg, ctx): ...        # the section, as JSON-able data (None: no section)
 
@@ -85,6 +86,12 @@ class Analysis:
     def networks(self, cfg: Any, model: ModelConfig) -> list[tuple[str, ModelConfig]]:
         """``(suite field, network)`` pairs this config will build, checked before the first cell."""
         del cfg, model
+        return []
+
+    def protocols(self, cfg: Any) -> list[tuple[str, Any]]:
+        """``(suite field, protocol config)`` pairs this config evaluates with besides ``[eval]``,
+        checked before the first cell (a learned lr the protocol cannot use is refused there)."""
+        del cfg
         return []
 
     def during(self, cfg: Any, state: dict[str, Any], ctx: DistillContext) -> dict[str, Any] | None:

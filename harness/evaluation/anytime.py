@@ -59,6 +59,9 @@ class Anytime(Analysis):
             return [("anytime.protocol.model", cfg.protocol.model)]
         return []
 
+    def protocols(self, cfg: AnytimeConfig) -> list[tuple[str, ProtocolConfig]]:
+        return [("anytime.protocol", cfg.protocol)] if cfg.enabled else []
+
     def during(self, cfg: AnytimeConfig, state: dict[str, Any], ctx: DistillContext) -> dict[str, Any] | None:
         """A point when one is due (every ``every_steps`` steps, ``every_minutes`` of distillation,
         at the end), evaluated with the same networks' seeds at every point: comparable points."""

@@ -142,6 +142,9 @@ class Subsets(Analysis):
             return [("subsets.protocol.model", cfg.protocol.model)]
         return []
 
+    def protocols(self, cfg: SubsetEvalConfig) -> list[tuple[str, ProtocolConfig]]:
+        return [("subsets.protocol", cfg.protocol)] if cfg.enabled and cfg.protocol is not None else []
+
     def run(self, cfg: SubsetEvalConfig, ctx: AnalysisContext) -> dict[str, Any]:
         """The record section. The curve's last entry, kind ``full``, is the whole set as the
         record's own evaluation measured it (the run's protocol)."""

@@ -174,11 +174,14 @@ def check_cell(suite: Suite, cell: Cell, data: DatasetSplits, dtype: torch.dtype
                               f"training set: set data.{cell.dataset.name}.validation_size", file=str(suite.path),
                               field="eval.protocol")
     learned_for = method.learned_lr_optimizer()
-    if learned_for is not None and cell.eval.use_learned_lr:
-        try:
-            check_learned_lr(optimizer_without_lr(learned_for), cell.eval.optimizer)
-        except ConfigError as err:
-            raise ConfigError(f"{label}: {err.message}", file=str(suite.path), field=err.field) from None
+    protocols = [("eval", cell.eval)] + [pair for name, cfg in cell.analyses.items()
+                                         for pair in ANALYSES.get(name)().protocols(cfg)]
+    for prefix, protocol in protocols:  # every protocol the cell trains with, analyses' included
+        if learned_for is not None and protocol.use_learned_lr and hasattr(protocol, "optimizer"):
+            try:
+                check_learned_lr(optimizer_without_lr(learned_for), protocol.optimizer, where=prefix)
+            except ConfigError as err:
+                raise ConfigError(f"{label}: {err.message}", file=str(suite.path), field=err.field) from None
     try:
         method.check(cell_task(cell, data, torch.device("cpu"), dtype))
     except DDBenchError as err:  # a method's own config check that needs the task (its field named)

@@ -148,7 +148,7 @@ def lrs_text(row: Row) -> str:
 
 def cost_text(row: Row) -> tuple[str, str]:
     if row.seconds_per_step is None:
-        return "no distillation", "-"
+        return ("no distillation" if row.status == "ok" else row.status), "-"
     return f"{row.seconds_per_step:.3g}", f"{row.peak_memory_mib:.0f}"
 
 

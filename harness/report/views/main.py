@@ -70,6 +70,9 @@ def cost_table(groups: list[Group], fmt: str = "github") -> str:
                 row.append("-")
                 continue
             s = summarize(g.rows[name])
+            if failed_text(g.rows[name]) and not s["outer_steps"]:  # never "no distillation" for a failed run
+                row.append(failed_text(g.rows[name]))
+                continue
             if not s["outer_steps"]:
                 row.append("no distillation")
                 continue
