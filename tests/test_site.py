@@ -287,7 +287,7 @@ def test_the_page_in_a_real_browser(smoke_site, tmp_path):
 
     methods = {}
     for _, r in iter_records(SMOKE):
-        methods.setdefault((r.dataset, r.ipc), set()).add(r.method)
+        methods.setdefault((r.dataset, r.ipc, r.label_kind), set()).add(r.method)  # one board per comparable group
     artifacts = Path(os.environ.get("DDBENCH_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     browser = _chromium()

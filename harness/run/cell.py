@@ -41,7 +41,7 @@ from harness.evaluation.analysis import AnalysisContext, DistillContext
 from harness.method import DistilledSet, DistillTask, method_class
 from harness.report import RunRecord, read_record, record_stem, write_record
 from harness.report.records import file_sha256
-from harness.run.interrupt import StopRequested, stop_on_signals
+from harness.run.interrupt import StopRequested, raise_if_stop_requested, stop_on_signals
 from harness.run.progress import INNER_AFTER_S, CellProgress, budget_warning, human_seconds, say
 from harness.run.recording import CellState
 from harness.run.suite import Cell
@@ -175,6 +175,7 @@ def run_cell(cell: Cell, task: DistillTask, out_dir: Path, progress: CellProgres
                     if task.device.type == "cuda":
                         torch.cuda.synchronize(task.device)
                     seconds = time.perf_counter() - t0
+                raise_if_stop_requested()  # a signal whose raise landed in a finalizer and was swallowed
                 if not state.stepped(metrics, seconds, method.divergence(metrics)):
                     break  # diverged
                 progress.step(state.step - 1, state.elapsed, metrics)

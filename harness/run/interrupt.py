@@ -28,6 +28,17 @@ class StopRequested(BaseException):
         return signal.Signals(self.signum).name
 
 
+_requested: list[int] = []  # the signals received inside the block, in order
+
+
+def raise_if_stop_requested() -> None:
+    """Raise the :class:`StopRequested` a signal asked for when its own raise was lost: a signal
+    that lands in a finalizer or ``__del__`` has its exception printed ("Exception ignored") and
+    swallowed by Python. The runner calls this between outer steps."""
+    if _requested:
+        raise StopRequested(_requested[-1])
+
+
 @contextmanager
 def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> Iterator[None]:
     """Raise :class:`StopRequested` on ``signals`` inside the block (main thread only; elsewhere,
@@ -37,11 +48,14 @@ def stop_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) 
         return
 
     def handler(signum, frame):
+        _requested.append(signum)
         raise StopRequested(signum)
 
+    _requested.clear()
     saved = {s: signal.signal(s, handler) for s in signals}
     try:
         yield
     finally:
+        _requested.clear()
         for s, old in saved.items():
             signal.signal(s, old)
