@@ -192,11 +192,7 @@ class Implicit(Method):
         self.task, cfg = task, self.config
         gen = torch.Generator().manual_seed(step_seed(task.seed, 0, Stream.SYN_INIT))
         labels = torch.arange(task.num_classes).repeat_interleave(task.ipc)
-        if cfg.init == "real":  # random_real's draw for the same seed
-            images, _ = task.real_per_class(task.ipc, gen)
-        else:
-            images = torch.randn(task.num_classes * task.ipc, *task.image_shape, generator=gen, dtype=torch.float64)
-            images = images / images.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * cfg.init_norm
+        images = task.initial_images(task.ipc, cfg.init, gen, norm=cfg.init_norm)  # "real": random_real's draw
         self.initial = images.detach().to("cpu", task.dtype, copy=True)
         self.images = images.detach().to(task.device, task.dtype, copy=True).requires_grad_()
         if cfg.learn_labels:  # soft labels, one-hot at first

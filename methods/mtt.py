@@ -204,10 +204,7 @@ class MTT(Method):
         self.task, cfg = task, self.config
         self.experts: ExpertSet = expert_trajectories(task.data, task.model, cfg.experts, task.device, task.dtype)
         gen = torch.Generator().manual_seed(step_seed(task.seed, 0, Stream.SYN_INIT))
-        if cfg.pix_init == "real":  # random_real's draw for the same seed
-            images, _ = task.real_per_class(task.ipc, gen)
-        else:
-            images = torch.randn(task.num_classes * task.ipc, *task.image_shape, generator=gen)
+        images = task.initial_images(task.ipc, cfg.pix_init, gen)  # "real": random_real's draw; else N(0, 1)
         self.initial = images.detach().to("cpu", task.dtype, copy=True)
         self.images = images.detach().to(task.device, task.dtype, copy=True).requires_grad_()
         self.labels = torch.arange(task.num_classes, device=task.device).repeat_interleave(task.ipc)

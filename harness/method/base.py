@@ -66,6 +66,19 @@ class DistillTask:
     def real_per_class(self, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return real_per_class(self.data, ipc, gen)
 
+    def initial_images(self, ipc: int, init: str, gen: torch.Generator, norm: float | None = None) -> torch.Tensor:
+        """The synthetic images a run starts from, class-major, drawn from ``gen`` (the run's
+        SYN_INIT stream): ``init == "real"`` is random_real's draw (on the data's device); else a
+        standard normal per pixel on the CPU, each image scaled to L2 norm ``norm`` when given
+        (drawn and scaled in float64, as the official RaT-BPTT code's unit-norm noise)."""
+        if init == "real":
+            return self.real_per_class(ipc, gen)[0]
+        shape = (self.num_classes * ipc, *self.image_shape)
+        if norm is None:
+            return torch.randn(shape, generator=gen)
+        images = torch.randn(shape, generator=gen, dtype=torch.float64)
+        return images / images.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * norm
+
 
 def real_per_class(data: DatasetSplits, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` random real training images of every class, class-major (``random_real``'s draw, and

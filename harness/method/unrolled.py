@@ -267,12 +267,8 @@ class UnrolledMethod(Method):
 
     def _init_images(self, task: DistillTask, ipc: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(task.num_classes).repeat_interleave(ipc)
-        if self.config.init == "real":
-            images, _ = task.real_per_class(ipc, gen)
-            return images.cpu(), labels
-        images = torch.randn(task.num_classes * ipc, *task.image_shape, generator=gen, dtype=torch.float64)
-        norms = images.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
-        return (images / norms * self.config.init_norm).to(task.dtype), labels
+        images = task.initial_images(ipc, self.config.init, gen, norm=self.config.init_norm)
+        return images.cpu().to(task.dtype), labels
 
     # ------------------------------------------------------------------ one outer step
 
